@@ -14,8 +14,13 @@ import click
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--socket", "socket_path", envvar="CONCENTRATOR_SOCKET", metavar="PATH",
+              default="/run/concentrator/control.sock", show_default=True,
+              help="Daemon control socket (env CONCENTRATOR_SOCKET).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, socket_path: str) -> None:
     """Concentrator for a transformer district: mesh, meter reading, master-station uplink."""
+    ctx.meta["concentrator.socket"] = socket_path
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -25,6 +30,11 @@ def _attach() -> None:
     from concentrator import cli_frame
 
     main.add_command(cli_frame.frame)
+    from concentrator import cli_ctl
+
+    cli_ctl.attach(main)
+    from concentrator import cli_meter
+    main.add_command(cli_meter.meter)
 
 
 _attach()

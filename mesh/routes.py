@@ -1,0 +1,577 @@
+"""Route computation: primary relay paths and diverse alternates, updated incrementally.
+
+The concentrator is the routing brain (the CCO only follows the relay list it is given), so
+routes are *source routes*: for every node a relay list from the concentrator (root) to it.
+
+Cost of a route = sum over its hops of ``hop_time[medium] + fail_cost * -ln(p_fwd * p_back)``.
+The first term is the airtime and processing of a hop that works; the second approximates the
+expected cost of retries (a route's delivery probability is the product of its hops' two-way
+probabilities, so ``-ln`` makes it additive). ``fail_cost`` is deliberately large (15 s: a failed
+attempt costs its per-level timeouts, ~0.5 s per relay level + 0.8 s meter time, *and* the retry
+it forces and the risk of missing the reading window), so that one extra relay is worth only
+about 1 % of delivery probability: reliability dominates, hop count breaks near-ties.
+Each hop uses whichever medium (``plc``/``rf``) is cheaper on it, so ``dual`` districts mix.
+Hop costs are symmetric, so the planner works on an undirected weighted graph.
+
+* **Primary routes** come from a shortest-path tree (SPT) from the root in which only the root
+  and *relay-capable* nodes (approved, not quarantined) are expanded. The tree is canonical
+  (ties broken by the lower address) and maintained incrementally: a cheaper hop propagates
+  only the improvements it causes; a dearer tree hop re-settles only the subtree below it.
+  A node whose SPT path is deeper than ``max_relays`` gets an exact hop-bounded search instead.
+* **Alternates** are found on demand with an A* search from the node back to the root whose
+  heuristic is the SPT distance (exact for the unpenalised graph, so the search stays narrow);
+  relays and hops already used by earlier routes of the node carry ``share_penalty``, so
+  alternates share as few relays as possible unless avoiding them costs more than the penalty.
+* **Relief**: ``rebalance()`` moves routes off relays that carry more than ``max_load`` routes
+  when another path costs at most ``relief_margin`` more; the moved routes are *pinned* and
+  kept while they stay within that margin of the best route.
+
+Pure logic, no I/O: ``mesh.topology.Topology`` feeds it hop metrics and reads routes back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = ["RouteConfig", "Route", "HopMetric", "RoutePlanner", "hop_cost"]
+
+log = logging.getLogger(__name__)
+
+MAX_RELAY_LEVEL = 15  # 4-bit relay level in the 1376.2 R field
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """Route planner tuning. Times are seconds of expected reading time."""
+
+    #: maximum number of relays on a route (1376.2 allows 0..15)
+    max_relays: int = 15
+    #: airtime + processing of one successful hop, per medium
+    hop_time: dict[str, float] = field(default_factory=lambda: {"plc": 0.15, "rf": 0.10})
+    #: cost of a failed attempt, weighting -ln(delivery probability)
+    fail_cost: float = 15.0
+    #: two-way hop probability below which a hop is not used at all
+    p_floor: float = 1e-3
+    #: how many alternates ``routes()`` tries to return besides the primary
+    alternates: int = 2
+    #: extra cost an alternate pays for each relay or hop it shares with earlier routes
+    share_penalty: float = 5.0
+    #: routes through one relay above which ``rebalance()`` relieves it
+    max_load: int = 128
+    #: extra cost a relieved route may have over the best route (0.3 s ~ 2 % probability)
+    relief_margin: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_relays <= MAX_RELAY_LEVEL:
+            raise ValueError(f"max_relays must be 0..{MAX_RELAY_LEVEL}, got {self.max_relays}")
+
+    @property
+    def max_hops(self) -> int:
+        return self.max_relays + 1
+
+
+class HopMetric(NamedTuple):
+    """What the planner knows about an undirected hop, seen from one end (a -> b)."""
+
+    cost: float
+    medium: str
+    p_fwd: float  # a -> b
+    p_back: float  # b -> a
+
+    def mirrored(self) -> HopMetric:
+        return HopMetric(self.cost, self.medium, self.p_back, self.p_fwd)
+
+
+def hop_cost(p_fwd: float, p_back: float, medium: str, cfg: RouteConfig) -> float | None:
+    """Additive cost of a hop, or None when it is too unreliable to use."""
+    p2 = p_fwd * p_back
+    if p2 < cfg.p_floor:
+        return None
+    return cfg.hop_time.get(medium, 0.15) + cfg.fail_cost * -math.log(p2)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A relay path from the concentrator (``root``) to ``target``.
+
+    ``media[i]`` is the medium of hop i (root->first relay is hop 0); ``p`` is the estimated
+    probability that a request and its reply both get through; ``cost`` the additive expected
+    cost in seconds; ``kind`` is ``primary``, ``relief`` (a pinned primary moved off an
+    overloaded relay), ``alternate`` or ``explicit`` (a path the caller asked about).
+    """
+
+    root: str
+    target: str
+    relays: tuple[str, ...]
+    media: tuple[str, ...]
+    p: float
+    cost: float
+    kind: str = "primary"
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return (self.root, *self.relays, self.target)
+
+    @property
+    def level(self) -> int:
+        """Hops from the concentrator (1 = heard directly)."""
+        return len(self.relays) + 1
+
+    def hops(self) -> list[tuple[str, str, str]]:
+        """(sender, receiver, medium) for each downlink hop."""
+        path = self.path
+        return [(path[i], path[i + 1], self.media[i]) for i in range(len(self.media))]
+
+
+class RoutePlanner:
+    """Incremental shortest-path tree plus on-demand alternates over symmetric hop costs."""
+
+    def __init__(self, root: str, cfg: RouteConfig | None = None) -> None:
+        self.root = root
+        self.cfg = cfg or RouteConfig()
+        self.adj: dict[str, dict[str, HopMetric]] = {root: {}}
+        self.relay_ok: set[str] = set()
+        self.dist: dict[str, float] = {root: 0.0}
+        self.parent: dict[str, str | None] = {root: None}
+        self.children: dict[str, set[str]] = {}
+        #: relieved routes: target -> full path (root ... target)
+        self.pins: dict[str, tuple[str, ...]] = {}
+        #: last primary (relays, media) handed out, to report changes
+        self.published: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        #: nodes whose SPT path is deeper than max_relays (they use a bounded search)
+        self.deep: set[str] = set()
+        self._alt_cache: dict[str, tuple[int, list[Route]]] = {}
+        self.version = 0
+
+    # --- graph edits (each returns the nodes whose primary route changed) -------------------
+
+    def add_node(self, n: str, relay_ok: bool) -> None:
+        self.adj.setdefault(n, {})
+        if relay_ok:
+            self.relay_ok.add(n)
+
+    def _expandable(self, n: str) -> bool:
+        return n == self.root or n in self.relay_ok
+
+    def set_edge(self, u: str, v: str, metric: HopMetric | None) -> list[str]:
+        """Set (or with None remove) the hop u-v; ``metric`` is seen from u."""
+        if u == v:
+            return []
+        self.version += 1
+        old = self.adj.get(u, {}).get(v)
+        self.adj.setdefault(u, {})
+        self.adj.setdefault(v, {})
+        if metric is None:
+            if old is None:
+                return []
+            del self.adj[u][v]
+            del self.adj[v][u]
+        else:
+            self.adj[u][v] = metric
+            self.adj[v][u] = metric.mirrored()
+        touched: set[str] = set()
+        heap: list[tuple[float, str]] = []
+        tree_child = None
+        if self.parent.get(v) == u:
+            tree_child = v
+        elif self.parent.get(u) == v:
+            tree_child = u
+        if tree_child is not None:
+            worse = metric is None or old is None or metric.cost > old.cost
+            if worse:
+                self._invalidate(self._subtree(tree_child), heap, touched)
+            elif metric.medium != old.medium:
+                touched.add(tree_child)
+        if metric is not None:
+            for a, b in ((u, v), (v, u)):
+                if a in self.dist and self._expandable(a):
+                    self._relax(a, b, self.adj[a][b].cost, heap, touched)
+        self._run(heap, touched)
+        return self._refresh(touched)
+
+    def remove_node(self, n: str) -> list[str]:
+        if n not in self.adj or n == self.root:
+            return []
+        self.version += 1
+        heap: list[tuple[float, str]] = []
+        touched: set[str] = set()
+        if n in self.dist:
+            self._invalidate(self._subtree(n), heap, touched, exclude=n)
+        for w in list(self.adj[n]):
+            del self.adj[w][n]
+        del self.adj[n]
+        self.relay_ok.discard(n)
+        self.dist.pop(n, None)
+        p = self.parent.pop(n, None)
+        if p is not None:
+            self.children.get(p, set()).discard(n)
+        self.children.pop(n, None)
+        self.pins.pop(n, None)
+        self.published.pop(n, None)
+        self.deep.discard(n)
+        self._alt_cache.pop(n, None)
+        self._run(heap, touched)
+        touched.discard(n)
+        return self._refresh(touched)
+
+    def set_relay_ok(self, n: str, ok: bool) -> list[str]:
+        """Allow or forbid ``n`` as a relay (approved vs discovered/quarantined)."""
+        if ok == (n in self.relay_ok) or n not in self.adj:
+            if ok:
+                self.relay_ok.add(n)
+            return []
+        self.version += 1
+        heap: list[tuple[float, str]] = []
+        touched: set[str] = set()
+        if ok:
+            self.relay_ok.add(n)
+            if n in self.dist:
+                for b, h in self.adj[n].items():
+                    self._relax(n, b, h.cost, heap, touched)
+        else:
+            self.relay_ok.discard(n)
+            if n in self.dist:
+                below = self._subtree(n)
+                below.discard(n)
+                self._invalidate(below, heap, touched)
+        self._run(heap, touched)
+        return self._refresh(touched)
+
+    def full_recompute(self) -> list[str]:
+        """Rebuild the tree from scratch; returns nodes whose primary route changed."""
+        self.version += 1
+        self.dist = {self.root: 0.0}
+        self.parent = {self.root: None}
+        self.children = {}
+        heap = [(0.0, self.root)]
+        touched: set[str] = set()
+        self._run(heap, touched)
+        return self._refresh(set(self.adj) | set(self.published), full=True)
+
+    # --- the dynamic SPT ---------------------------------------------------------------------
+
+    def _subtree(self, n: str) -> set[str]:
+        out = {n}
+        stack = [n]
+        while stack:
+            for c in self.children.get(stack.pop(), ()):
+                if c not in out:
+                    out.add(c)
+                    stack.append(c)
+        return out
+
+    def _set_parent(self, v: str, u: str | None) -> None:
+        old = self.parent.get(v)
+        if old is not None:
+            self.children.get(old, set()).discard(v)
+        self.parent[v] = u
+        if u is not None:
+            self.children.setdefault(u, set()).add(v)
+
+    def _relax(self, u: str, v: str, c: float, heap: list, touched: set[str]) -> None:
+        if v == self.root:
+            return
+        nd = self.dist[u] + c
+        cur = self.dist.get(v)
+        if cur is None or nd < cur or (nd == cur and u < (self.parent.get(v) or "")):
+            if self.parent.get(v) != u or cur != nd:
+                touched.add(v)
+            self.dist[v] = nd
+            self._set_parent(v, u)
+            heapq.heappush(heap, (nd, v))
+
+    def _invalidate(self, nodes: set[str], heap: list, touched: set[str],
+                    exclude: str | None = None) -> None:
+        """Forget the distances of ``nodes`` and seed them from the rest of the tree."""
+        for s in nodes:
+            self.dist.pop(s, None)
+            self._set_parent(s, None)
+            self.parent.pop(s, None)
+        touched |= nodes
+        for s in nodes:
+            if s == exclude:
+                continue
+            for w, h in self.adj.get(s, {}).items():
+                if w not in nodes and w in self.dist and self._expandable(w):
+                    self._relax(w, s, h.cost, heap, touched)
+
+    def _run(self, heap: list, touched: set[str]) -> None:
+        done: set[str] = set()
+        while heap:
+            d, u = heapq.heappop(heap)
+            if self.dist.get(u) != d or u in done:
+                continue
+            done.add(u)
+            if self._expandable(u):
+                for v, h in self.adj[u].items():
+                    self._relax(u, v, h.cost, heap, touched)
+
+    def spt_path(self, n: str) -> tuple[str, ...] | None:
+        if n not in self.dist:
+            return None
+        path = [n]
+        while path[-1] != self.root:
+            path.append(self.parent[path[-1]])  # type: ignore[arg-type]
+        return tuple(reversed(path))
+
+    # --- primaries, their changes, pins -------------------------------------------------------
+
+    def _best_path(self, n: str) -> tuple[str, ...] | None:
+        """Best path within the relay limit, ignoring pins."""
+        path = self.spt_path(n)
+        if path is None:
+            self.deep.discard(n)
+            return None
+        if len(path) - 1 <= self.cfg.max_hops:
+            self.deep.discard(n)
+            return path
+        self.deep.add(n)
+        return self.search(n, max_hops=self.cfg.max_hops)
+
+    def primary_path(self, n: str) -> tuple[str, ...] | None:
+        pin = self.pins.get(n)
+        if pin is not None:
+            return pin
+        return self._best_path(n)
+
+    def _pin_valid(self, n: str, pin: tuple[str, ...]) -> bool:
+        if len(pin) - 1 > self.cfg.max_hops:
+            return False
+        if any(r not in self.relay_ok for r in pin[1:-1]):
+            return False
+        cost = self.path_cost(pin)
+        best = self._best_path(n)
+        if cost is None or best is None:
+            return False
+        return cost <= (self.path_cost(best) or 0.0) + self.cfg.relief_margin
+
+    def _refresh(self, touched: Iterable[str], full: bool = False) -> list[str]:
+        """Recompute the primaries that may have changed and report those that did."""
+        affected: set[str] = set()
+        if full:
+            affected = set(touched)
+        else:
+            for n in touched:
+                if n in affected:
+                    continue
+                affected |= self._subtree(n) if n in self.dist else {n}
+        affected |= self.deep
+        for n, pin in list(self.pins.items()):
+            if not self._pin_valid(n, pin):
+                log.info("mesh: relief route of %s dropped (no longer within margin)", n)
+                del self.pins[n]
+            affected.add(n)
+        changed = []
+        for n in affected:
+            if n == self.root:
+                continue
+            path = self.primary_path(n)
+            new = None
+            if path is not None:
+                new = (path[1:-1], self.path_media(path))
+            old = self.published.get(n)
+            if new != old:
+                if new is None:
+                    self.published.pop(n, None)
+                else:
+                    self.published[n] = new
+                changed.append(n)
+        return sorted(changed)
+
+    # --- route objects -------------------------------------------------------------------------
+
+    def path_media(self, path: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.adj[path[i]][path[i + 1]].medium for i in range(len(path) - 1))
+
+    def path_cost(self, path: tuple[str, ...]) -> float | None:
+        cost = 0.0
+        for i in range(len(path) - 1):
+            h = self.adj.get(path[i], {}).get(path[i + 1])
+            if h is None:
+                return None
+            cost += h.cost
+        return cost
+
+    def make_route(self, path: tuple[str, ...], kind: str) -> Route | None:
+        """Route object for an explicit path; None when a hop is unknown or unusable."""
+        p = 1.0
+        cost = 0.0
+        media = []
+        for i in range(len(path) - 1):
+            h = self.adj.get(path[i], {}).get(path[i + 1])
+            if h is None:
+                return None
+            p *= h.p_fwd * h.p_back
+            cost += h.cost
+            media.append(h.medium)
+        return Route(self.root, path[-1], tuple(path[1:-1]), tuple(media), p, cost, kind)
+
+    def primary(self, n: str) -> Route | None:
+        path = self.primary_path(n)
+        if path is None:
+            return None
+        return self.make_route(path, "relief" if n in self.pins else "primary")
+
+    def routes(self, n: str) -> list[Route]:
+        """Primary first, then up to ``cfg.alternates`` alternates sharing few relays."""
+        cached = self._alt_cache.get(n)
+        if cached is not None and cached[0] == self.version:
+            return list(cached[1])
+        first = self.primary(n)
+        if first is None:
+            return []
+        out = [first]
+        avoid_nodes = set(first.relays)
+        avoid_hops = set(_hops(first.path))
+        seen = {first.path}
+        mh = self.cfg.max_hops
+        for _ in range(self.cfg.alternates):
+            path = self.search(n, avoid_nodes=avoid_nodes, avoid_hops=avoid_hops, max_hops=mh)
+            if path is None or path in seen:
+                # Sharing is cheaper than any detour: insist on a different route, fully
+                # disjoint if possible, else at least through different hops.
+                path = self.search(n, banned=avoid_nodes, banned_hops=avoid_hops, max_hops=mh)
+                if path is None:
+                    path = self.search(n, avoid_nodes=avoid_nodes, banned_hops=avoid_hops,
+                                       max_hops=mh)
+            if path is None or path in seen:
+                break
+            route = self.make_route(path, "alternate")
+            if route is None:
+                break
+            seen.add(path)
+            out.append(route)
+            avoid_nodes |= set(route.relays)
+            avoid_hops |= set(_hops(path))
+        self._alt_cache[n] = (self.version, out)
+        if len(self._alt_cache) > 4 * len(self.adj) + 64:
+            self._alt_cache.clear()
+        return list(out)
+
+    def search(
+        self,
+        target: str,
+        avoid_nodes: Iterable[str] = (),
+        avoid_hops: Iterable[tuple[str, str]] = (),
+        banned: Iterable[str] = (),
+        max_hops: int | None = None,
+        banned_hops: Iterable[tuple[str, str]] = (),
+    ) -> tuple[str, ...] | None:
+        """Cheapest root->target path with penalties, via A* from target back to root.
+
+        Relays in ``avoid_nodes`` and hops in ``avoid_hops`` cost ``share_penalty`` extra;
+        ``banned`` nodes are never relays and ``banned_hops`` never used. Labels are (node, hops) with Pareto pruning, so the
+        result is exact under the hop bound. The SPT distance is the heuristic: it is a lower
+        bound of the remaining cost because penalties and bans only add cost.
+        """
+        if target not in self.adj or target not in self.dist or target == self.root:
+            return None
+        avoid_n = set(avoid_nodes)
+        avoid_h = {frozenset(h) for h in avoid_hops}
+        ban = set(banned)
+        ban_h = {frozenset(h) for h in banned_hops}
+        pen = self.cfg.share_penalty
+        dist = self.dist
+        root = self.root
+        labels: list[tuple[str, int]] = []  # (node, previous label index)
+        settled: dict[str, list[tuple[int, float]]] = {}
+        heap = [(dist[target], 0.0, 0, target, -1)]
+        while heap:
+            _f, g, hops, node, prev = heapq.heappop(heap)
+            seen = settled.setdefault(node, [])
+            if any(h2 <= hops and g2 <= g for h2, g2 in seen):
+                continue
+            seen.append((hops, g))
+            labels.append((node, prev))
+            me = len(labels) - 1
+            if node == root:
+                path = []
+                i = me
+                while i >= 0:
+                    path.append(labels[i][0])
+                    i = labels[i][1]
+                return tuple(path)  # built from root outwards: labels point toward target
+            if node != target and node not in self.relay_ok:
+                continue
+            nh = hops + 1
+            if max_hops is not None and nh > max_hops:
+                continue
+            for m, h in self.adj[node].items():
+                if m == target or m not in dist:
+                    continue
+                if m != root:
+                    if m not in self.relay_ok or m in ban:
+                        continue
+                    if max_hops is not None and nh >= max_hops:
+                        continue
+                if ban_h and frozenset((node, m)) in ban_h:
+                    continue
+                ng = g + h.cost
+                if m in avoid_n and m != root:
+                    ng += pen
+                if avoid_h and frozenset((node, m)) in avoid_h:
+                    ng += pen
+                heapq.heappush(heap, (ng + dist[m], ng, nh, m, me))
+        return None
+
+    # --- load relief ---------------------------------------------------------------------------
+
+    def loads(self) -> dict[str, int]:
+        """Number of primary routes each relay carries."""
+        load: dict[str, int] = {}
+        for relays, _media in self.published.values():
+            for r in relays:
+                load[r] = load.get(r, 0) + 1
+        return load
+
+    def rebalance(self) -> list[str]:
+        """Relieve relays above ``max_load``; returns nodes whose primary route changed."""
+        cfg = self.cfg
+        load = self.loads()
+        changed: set[str] = set()
+        for relay in sorted(load, key=lambda r: (-load[r], r)):
+            if load[relay] <= cfg.max_load:
+                continue
+            candidates = []
+            for n, (relays, _m) in self.published.items():
+                if relay not in relays:
+                    continue
+                cur = self.primary_path(n)
+                cur_cost = self.path_cost(cur) if cur else None
+                best = self._best_path(n)
+                best_cost = self.path_cost(best) if best else None
+                if cur_cost is None or best_cost is None:
+                    continue
+                alt = self.search(n, banned={relay}, max_hops=cfg.max_hops)
+                if alt is None:
+                    continue
+                alt_cost = self.path_cost(alt)
+                if alt_cost is None or alt_cost > best_cost + cfg.relief_margin:
+                    continue
+                candidates.append((alt_cost - cur_cost, n, alt))
+            candidates.sort()
+            for _extra, n, alt in candidates:
+                if load[relay] <= cfg.max_load:
+                    break
+                if any(load.get(r, 0) + 1 > cfg.max_load for r in alt[1:-1]):
+                    continue
+                old_relays = self.published[n][0]
+                for r in old_relays:
+                    load[r] -= 1
+                for r in alt[1:-1]:
+                    load[r] = load.get(r, 0) + 1
+                self.pins[n] = alt
+                changed.add(n)
+                log.info("mesh: route of %s moved off overloaded relay %s", n, relay)
+        if changed:
+            self.version += 1
+        return self._refresh(changed)
+
+
+def _hops(path: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(path[i], path[i + 1]) for i in range(len(path) - 1)]
