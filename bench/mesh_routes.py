@@ -172,8 +172,7 @@ def timed(fn) -> float:
 def main() -> dict:
     names, true_p = district()
     rnd = random.Random(SEED + 2)
-    deg = statistics.mean(
-        sum(1 for _ in ()) or 0 for _ in ()) if False else len(true_p) / len(names)
+    deg = len(true_p) / len(names)
     results: dict = {"nodes": N, "directed_links": len(true_p), "mean_out_degree": round(deg, 1)}
 
     topo = build(names, true_p, exact=False)
@@ -222,7 +221,6 @@ def main() -> dict:
     after = {n: topo.planner.primary_path(n) for n in names[1:]}
     results["incremental_equals_full"] = before == after
 
-    topo.route_cfg  # noqa: B018 - documented below
     load_before = max(topo.loads().values())
     results["rebalance_s"] = round(timed(topo.rebalance), 3)
     results["max_relay_load_before_after"] = [load_before, max(topo.loads().values())]

@@ -90,4 +90,11 @@ def read(port: str | None, tcp: str | None, address: str | None, item: str, di_t
     click.echo(f"meter {meter_address} (DL/T 645-{edition})")
     for r in readings:
         tag = f" [{dlt645.format_di(r.di, edition)}]" if r.di is not None else ""
-        click.echo(f"  {r.name}{tag}: {r.text}")
+        if isinstance(r.value, tuple) and r.item is not None and r.item.labels:
+            # Blocks (total + tariffs, phases A/B/C): one element per line reads best.
+            click.echo(f"  {r.name}{tag}:")
+            width = max(len(label) for label in r.item.labels[: len(r.value)])
+            for label, v in zip(r.item.labels, r.value, strict=False):
+                click.echo(f"    {label:<{width}}  {dlt645.format_value(r.item, v)}")
+        else:
+            click.echo(f"  {r.name}{tag}: {r.text}")

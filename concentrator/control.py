@@ -291,7 +291,7 @@ class ControlServer:
     async def _handle_line(self, peer: Peer, line: bytes, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> None:
         try:
-            req = json.loads(line)
+            req = json.loads(line.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             log.warning("control: malformed request from %s (pid %d): %s", peer.user, peer.pid, exc)
             await self._send(writer, {"id": None, "ok": False, "code": "bad-request",

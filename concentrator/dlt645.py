@@ -65,6 +65,7 @@ __all__ = [
     "read_request",
     "read_reply",
     "read_follow_up_request",
+    "read_follow_up_reply",
     "error_reply",
     "read_address_request",
     "read_address_reply",
@@ -209,9 +210,7 @@ def parse_prefix(buf: bytes) -> tuple[Dlt645Frame, int]:
     does not start with a frame and ``ChecksumError`` when the CS byte is wrong.
     """
     n = len(buf)
-    i = 0
-    while i < n and buf[i] == 0xFE:
-        i += 1
+    i = n - len(buf.lstrip(b"\xfe"))  # length of the FE run, counted in C
     if i == n:
         raise IncompleteFrame("only wake-up bytes so far")
     if buf[i] != 0x68:
@@ -240,7 +239,9 @@ def parse_prefix(buf: bytes) -> tuple[Dlt645Frame, int]:
 
 def decode(b: bytes) -> Dlt645Frame:
     """Decode exactly one frame (with 0..n FE bytes in front); trailing bytes are an error."""
-    frame, used = parse_prefix(bytes(b))
+    if type(b) is not bytes:
+        b = bytes(b)
+    frame, used = parse_prefix(b)
     if used != len(b):
         raise FrameFormatError(f"{len(b) - used} bytes after the end of the frame")
     return frame
@@ -465,7 +466,8 @@ _KINDS = {"datetime", "date", "time"}
 class _Clock:
     """BCD clock fields, written big-endian like "YYMMDDWWhhmmss"; sent low byte first.
 
-    All-zero bytes decode to None: meters send them for a freeze or event end not yet made.
+    All-zero dates decode to None: meters send them for a freeze or event end not yet made
+    (a bare time of all zeros is midnight).
     WW (weekday, 0 = Sunday) is accepted as sent and recomputed on encode.
     """
 
@@ -479,7 +481,7 @@ class _Clock:
 
     def decode(self, b: bytes) -> datetime | date | time | None:
         _check_len(b, self.length)
-        if not any(b):
+        if not any(b) and self.kind != "time":
             return None
         f = dict(zip(self.fields, (from_bcd_byte(x) for x in reversed(b)), strict=True))
         try:
@@ -933,6 +935,15 @@ def read_follow_up_request(address: str, di: int, seq: int, *, preamble: int = 4
     return Dlt645Frame(address, _F_READ_NEXT, _di_bytes(di) + bytes((seq,)), preamble)
 
 
+def read_follow_up_reply(address: str, di: int, value_bytes: bytes, seq: int, *,
+                         follow_up: bool = False, preamble: int = 0) -> Dlt645Frame:
+    """Reply to read follow-up (0x92, 0xB2 when still more follows): DI + value + sequence."""
+    if not 0 <= seq <= 0xFF:
+        raise EncodeError(f"follow-up sequence {seq} is not a byte")
+    control = 0x92 | (_FOLLOW_UP if follow_up else 0)
+    return Dlt645Frame(address, control, _di_bytes(di) + bytes(value_bytes) + bytes((seq,)), preamble)
+
+
 def error_reply(address: str, request_code: int, err_bits: int, *, preamble: int = 0) -> Dlt645Frame:
     """Abnormal reply to ``request_code`` (e.g. 0x11 -> C = 0xD1) carrying the ERR byte."""
     if not 0 <= err_bits <= 0xFF:
@@ -1074,12 +1085,16 @@ def _data_fields(frame: Dlt645Frame) -> list[tuple[str, str, Any]]:
                     format_di(di, protocol)))
         value = frame.value_bytes
         if func == _F_WRITE and len(d) >= 12:
-            out.append(("password", f"level {d[4]:02X}, {d[5:8][::-1].hex().upper()}", None))
-            out.append(("operator", d[8:12][::-1].hex().upper(), None))
+            password = f"{d[4]:02X}" + d[5:8][::-1].hex().upper()
+            out.append(("password", f"level {password[:2]}, {password[2:]}", password))
+            out.append(("operator", d[8:12][::-1].hex().upper(), d[8:12][::-1].hex().upper()))
             value = d[12:]
         elif func == _F_READ_NEXT and len(d) >= 5:
             out.append(("frame sequence", str(d[-1]), d[-1]))
-        if value is not None or func == _F_WRITE:
+        if value is not None and (frame.has_follow_up or func == _F_READ_NEXT):
+            # One part of a multi-frame value: it only decodes once the parts are joined.
+            out.append(("value part", value.hex().upper(), value.hex().upper()))
+        elif value is not None or func == _F_WRITE:
             value = value or b""
             if item is not None and (value or frame.is_reply or func == _F_WRITE):
                 try:
@@ -1153,7 +1168,8 @@ def to_dict(frame: Dlt645Frame) -> dict[str, Any]:
     keys = {"data identifier": "di", "value": "value", "error": "error_bits", "meter address": "meter_address",
             "time": "time", "password": "password", "operator": "operator", "action": "action",
             "valid until": "valid_until", "frame sequence": "sequence",
-            "request parameters": "request_parameters"}
+            "request parameters": "request_parameters",
+            "value part": "value_part"}
     protocol = 1997 if frame.is_1997 else 2007
     for name, _text, value in _data_fields(frame):
         if name in keys and value is not None:

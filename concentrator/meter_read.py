@@ -12,6 +12,8 @@ Failures are ``MeterReadError`` subclasses with a one-line message naming the me
 from __future__ import annotations
 
 import logging
+import os
+import termios
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,8 +121,20 @@ def open_port(port: str | None = None, tcp: str | None = None, *, baud: int = 24
     try:
         return serial.serial_for_url(url, baudrate=baud, bytesize=8, parity=parity, stopbits=1,
                                      timeout=0.05)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise PortUnavailable(f"cannot open {url}: {exc}") from exc
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        # termios.error: the device refuses the line settings (e.g. parity on some ptys).
+        raise PortUnavailable(f"cannot open {url}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The short cause of an open failure ("No such file or directory"), not pyserial's echo."""
+    for cause in (exc, exc.__cause__, exc.__context__):  # pyserial wraps the OSError
+        errno = getattr(cause, "errno", None)
+        if isinstance(errno, int):
+            return os.strerror(errno)
+        if isinstance(cause, termios.error) and len(cause.args) > 1:
+            return f"not a serial port ({cause.args[1]})"
+    return str(exc)
 
 
 class MeterLink:

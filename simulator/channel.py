@@ -95,10 +95,10 @@ class MediumParams:
 MEDIA: dict[str, MediumParams] = {
     "npl": MediumParams(
         name="npl", bit_rate=2400.0, frame_overhead_s=0.040, mac_overhead_bytes=16, processing_s=0.100,
-        tx_db=120.0, noise_db=40.0, snr50_db=6.0, curve_db=1.5, fading_db=2.5, asym_db=2.0,
+        tx_db=120.0, noise_db=50.0, snr50_db=6.0, curve_db=1.5, fading_db=2.5, asym_db=2.0,
         node_db=1.5, length_db_per_doubling=1.5,
         att_db_per_km=(("underground", 60.0), ("overhead", 40.0), ("service", 60.0)),
-        branch_db=1.0, load_db=0.3, load_cap_db=6.0, end_load_db=1.0, cross_phase_db=18.0,
+        branch_db=1.5, load_db=0.3, load_cap_db=6.0, end_load_db=1.0, cross_phase_db=18.0,
     ),
     "hplc": MediumParams(
         name="hplc", bit_rate=100_000.0, frame_overhead_s=0.004, mac_overhead_bytes=32, processing_s=0.030,
@@ -246,21 +246,24 @@ class Channel:
         self._grid: dict[tuple[int, int], list[int]] = {}
         self._grid_m = 250.0
         if "rf" in self.media:
-            for n in nodes:
-                self._grid.setdefault((int(n.x // self._grid_m), int(n.y // self._grid_m)), []).append(n.index)
+            for k, idx in self._at_junction.items():
+                n = nodes[idx[0]]
+                self._grid.setdefault((int(n.x // self._grid_m), int(n.y // self._grid_m)), []).append(k)
         log.info("channel built: %d nodes, media %s, scenario %s", len(nodes), "/".join(self.media),
                  scenario.name)
 
     # -- construction helpers ------------------------------------------------------------------
     def _cutoff(self, mp: MediumParams) -> float:
-        # Loss beyond which even the best module pair at the quietest hour with a +4 sigma
-        # fade has p < 1e-4: such pairs are never stored.
+        # Loss beyond which even the best module pair at the quietest hour, with +3.5 sigma of
+        # link asymmetry and a +3.5 sigma fade, has p < 1e-3: such pairs are never stored.
         return (mp.tx_db + 3 * mp.node_db) - (mp.noise_db - 3 - 3 * mp.node_db) - mp.snr50_db \
-            + 4 * mp.sd_db + 4 * mp.asym_db
+            + 3.5 * math.hypot(mp.sd_db, mp.asym_db)
 
     def _pass_loss(self, mp: MediumParams, j: int) -> float:
+        # Each extra branch shunts part of the signal; several taps at one pole act together,
+        # so the loss grows with the log of their number rather than linearly (our choice).
         extra = max(0, len(self._adj[j]) - 2)
-        return mp.branch_db * extra + min(mp.load_cap_db, mp.load_db * self._loads[j])
+        return mp.branch_db * math.log2(1 + extra) + min(mp.load_cap_db, mp.load_db * self._loads[j])
 
     def _end_loss(self, mp: MediumParams, j: int) -> float:
         return mp.end_load_db * math.log2(1 + self._loads[j])
@@ -527,25 +530,96 @@ class Channel:
         """Nodes that can possibly reach or be reached by node i (stored PLC pairs, RF grid)."""
         seen: set[int] = set()
         for name in self._media_for(medium):
-            if name == "rf":
-                n = self.nodes[i]
-                gx, gy = int(n.x // self._grid_m), int(n.y // self._grid_m)
-                r = 4  # 1 km: beyond +3.5 sigma shadowing range at the default figures
-                for dx in range(-r, r + 1):
-                    for dy in range(-r, r + 1):
-                        seen.update(self._grid.get((gx + dx, gy + dy), ()))
-            else:
-                row = self._plc_loss[name].get(self._njunc[i], {})
-                for k in row:
-                    seen.update(self._at_junction[k])
+            for k, _ in self._junction_pairs(name, self._njunc[i]):
+                seen.update(self._at_junction[k])
         seen.discard(i)
         return sorted(seen)
+
+    def _junction_pairs(self, name: str, jj: int) -> Iterable[tuple[int, float]]:
+        """(junction, loss shared by all node pairs there) for junctions that host nodes."""
+        if name != "rf":
+            return self._plc_loss[name].get(jj, {}).items()
+        mp = MEDIA[name]
+        a = self.nodes[self._at_junction[jj][0]]
+        gx, gy = int(a.x // self._grid_m), int(a.y // self._grid_m)
+        r = self._rf_radius_cells()
+        out = []
+        for dx in range(-r, r + 1):
+            for dy in range(-r, r + 1):
+                for k in self._grid.get((gx + dx, gy + dy), ()):
+                    b = self.nodes[self._at_junction[k][0]]
+                    d = max(1.0, math.hypot(a.x - b.x, a.y - b.y))
+                    loss = mp.pl0_db + 10 * mp.exponent * math.log10(d)
+                    if self.scenario.buildings:
+                        key = (jj, k) if jj < k else (k, jj)
+                        w = self._walls.get(key)
+                        if w is None:
+                            w = self._walls[key] = _walls_db(self.scenario.buildings, a.x, a.y, b.x, b.y)
+                        loss += w
+                    out.append((k, loss))
+        return out
+
+    def _rf_radius_cells(self) -> int:
+        mp = MEDIA["rf"]
+        budget = self._cutoff(mp) + 3.5 * mp.shadow_db
+        dmax = 10 ** ((budget - mp.pl0_db) / (10 * mp.exponent))
+        return int(dmax // self._grid_m) + 1
+
+    def links(self, t: float, min_p: float = 0.5, nbytes: int = REF_FRAME_BYTES,
+              sources: Iterable[str] | None = None) -> list[tuple[str, str, float, str]]:
+        """Every ordered (src, dst, p, medium) with p >= min_p at time t (best medium for dual).
+
+        This is the bulk form of :meth:`p_success` used by the truth: node pairs are taken a
+        junction pair at a time and whole groups are skipped when even their best case misses.
+        """
+        best: dict[tuple[int, int], tuple[float, str]] = {}
+        src_idx = [self._index[a] for a in sources] if sources is not None else range(len(self.nodes))
+        src_j: dict[int, list[int]] = {}
+        for i in src_idx:
+            if self._up(i, t):
+                src_j.setdefault(self._njunc[i], []).append(i)
+        up = [self._up(i, t) for i in range(len(self.nodes))]
+        hour = self._hour(t)
+        for name in self.media:
+            mp = MEDIA[name]
+            need = mp.snr50_db + mp.length_db_per_doubling * math.log2(max(nbytes, 1) / REF_FRAME_BYTES)
+            sd = mp.sd_db
+            tx = self._tx[name]
+            noise = [self._noise_at(name, j, t) if self._bursts else self._noise[name][j][hour]
+                     for j in range(len(self.nodes))]
+            min_noise = {k: min(noise[j] for j in idx) for k, idx in self._at_junction.items()}
+            spread = 3.5 * (mp.asym_db + (mp.shadow_db if name == "rf" else 0.0))
+            rf = name == "rf"
+            for jj, srcs in src_j.items():
+                max_tx = max(tx[i] for i in srcs)
+                for k, base in self._junction_pairs(name, jj):
+                    if _phi((max_tx - base + spread - min_noise[k] - need) / sd) < min_p:
+                        continue
+                    for i in srcs:
+                        ki = self._akey[i]
+                        for j in self._at_junction[k]:
+                            if j == i or not up[j]:
+                                continue
+                            loss = base
+                            if rf:
+                                lo, hi = (ki, self._akey[j]) if i < j else (self._akey[j], ki)
+                                loss += mp.shadow_db * hash_normal(self._seedkey, lo, hi, 3) \
+                                    + mp.box_db * (self._box[i] + self._box[j])
+                            elif not self._mask[i] & self._mask[j]:
+                                loss += mp.cross_phase_db
+                            snr = tx[i] - loss + mp.asym_db * hash_normal(self._seedkey, ki, self._akey[j], 4) \
+                                - noise[j]
+                            p = _phi((snr - need) / sd)
+                            if p >= min_p and p > best.get((i, j), (-1.0, ""))[0]:
+                                best[(i, j)] = (p, name)
+        nodes = self.nodes
+        return [(nodes[i].address, nodes[j].address, p, m) for (i, j), (p, m) in sorted(best.items())]
 
     def neighbours(self, node: str, min_p: float, t: float = 0.0, medium: str | None = None,
                    nbytes: int = REF_FRAME_BYTES, direction: str = "out") -> list[tuple[str, float]]:
         """Nodes ``node`` reaches (direction "out") or that reach it ("in") with p >= min_p."""
         i = self._index[node]
-        out = []
+        out: list[tuple[str, float]] = []
         if not self._up(i, t):
             return out
         for k in self._candidates(i, medium):

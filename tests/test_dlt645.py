@@ -174,6 +174,7 @@ def test_control_bits() -> None:
         (0x02800002, Decimal("50.01"), H("01 50")),
         (0x04000101, date(2024, 2, 29), H("04 29 02 24")),  # Thursday = 04
         (0x04000102, time(13, 5, 9), H("09 05 13")),
+        (0x04000102, time(0, 0, 0), H("00 00 00")),  # midnight, not "unset"
         (0x0400010C, datetime(2024, 3, 3, 8, 0, 1), H("01 00 08 00 03 03 24")),  # Sunday = 00
         (0x04000401, "000000000161", H("61 01 00 00 00 00")),
         (0x04000703, 9600, H("20")),
@@ -349,3 +350,47 @@ def test_stream_split_frames_and_bad_checksum() -> None:
     assert [dlt645.encode(f) for f in got] == [V2, V7_REQ, V3]
     assert any(isinstance(x, Rejected) and isinstance(x.error, ChecksumError) for x in out)
     assert dec.buffered == 0
+
+
+_KNOWN_DIS = sorted(dlt645.ITEMS_2007)[::7]
+described = st.builds(
+    lambda control, di, rest: Dlt645Frame(ADDR, control, di.to_bytes(4, "little") + rest),
+    st.sampled_from([0x91, 0xB1, 0x92, 0x11, 0x12, 0x14, 0xD1, 0x1C, 0x08, 0x93, 0x81, 0x01, 0x9C]),
+    st.sampled_from(_KNOWN_DIS),
+    st.binary(max_size=40),
+) | frames
+
+
+@settings(max_examples=300)
+@given(described)
+def test_describe_and_to_dict_never_raise(frame: Dlt645Frame) -> None:
+    fields = dlt645.describe(frame)
+    assert fields[1][0] == "address"
+    json.dumps(dlt645.to_dict(frame))
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(dlt645.ITEMS_2007)), st.binary(max_size=24))
+def test_value_decoding_of_garbage_raises_only_data_unit_error(di: int, raw: bytes) -> None:
+    try:
+        value = dlt645.decode_value(di, raw)
+    except DataUnitError:
+        return
+    json.dumps(dlt645.json_value(value))
+
+
+def test_write_request_layout_and_description() -> None:
+    value = dlt645.encode_value(0x04000102, time(12, 0, 0))
+    f = dlt645.write_request(ADDR, 0x04000102, value, password="04123456", operator="00000001")
+    assert f.data == H("02 01 00 04  04 56 34 12  01 00 00 00  00 00 12")
+    fields = dict(dlt645.describe(dlt645.decode(dlt645.encode(f))))
+    assert fields["password"] == "level 04, 123456" and fields["operator"] == "00000001"
+    assert fields["value"] == "12:00:00"
+
+
+def test_follow_up_parts_are_shown_raw() -> None:
+    first = dlt645.read_reply(ADDR, 0x04000403, bytes(20), follow_up=True)
+    part = dlt645.read_follow_up_reply(ADDR, 0x04000403, bytes(12), 1)
+    assert part.value_bytes == bytes(12) and part.di == 0x04000403
+    for f in (first, part):
+        assert "value part" in dict(dlt645.describe(f))

@@ -296,7 +296,7 @@ UNIT_CASES = [
     (False, 0x0E, 0, 2, g.EventRequest(250, 1)),
     (True, 0x0E, 0, 2, g.EventReply(0, 1, 255, 0, (g.EventRecord(31, b""),))),
     (False, 0x10, 0, 1, g.TransparentForward(31, hx("68 61 01 00 00 00 00 68 11 04 33 33 34 33 "
-                                                    "B0 16"))),
+                                                    "14 16"))),
     (True, 0x10, 0, 1, g.TransparentReply(31, hx("FE FE 68 01 02"))),
 ]
 
@@ -333,7 +333,7 @@ def test_meter_archive_record_is_27_bytes_at_the_documented_offsets() -> None:
 
 
 def test_transparent_forward_layout_and_nested_frame_exposed() -> None:
-    nested = hx("68 61 01 00 00 00 00 68 11 04 33 33 34 33 B0 16")
+    nested = hx("68 61 01 00 00 00 00 68 11 04 33 33 34 33 14 16")
     fwd = g.TransparentForward(2, nested)
     assert fwd.encode()[:6] == hx("02 6B 85 0A 10 00") and fwd.baud == 2400
     f = g.request(ADDR, 0x10, [g.unit(0, 1, fwd)], 2)

@@ -6,6 +6,7 @@ import json
 import os
 import select
 import socket
+import termios
 import threading
 import tty
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ def _values() -> dict[int, bytes]:
         0x05060002: v(0x05060002, datetime(2024, 4, 30, 0, 0)),
         0x05060102: v(0x05060102, ENERGY_BLOCK),
         0x04000C01: bytes.fromhex("0102"),  # a DI the registry does not know
+        0x04000403: v(0x04000403, "ASSET-0042-SUBSTATION-7"),  # sent in two frames
     }
 
 
@@ -70,6 +72,12 @@ class FakeMeter:
             return b""
         if req.function == 0x13:
             reply = dlt645.read_address_reply(self.address)
+        elif req.function == 0x11 and req.di == 0x04000403:
+            first = self.values[0x04000403][:20]
+            reply = dlt645.read_reply(self.address, 0x04000403, first, follow_up=True)
+        elif req.function == 0x12 and req.di == 0x04000403 and req.data[4] == 1:
+            rest = self.values[0x04000403][20:]
+            reply = dlt645.read_follow_up_reply(self.address, 0x04000403, rest, 1)
         elif req.function == 0x11:
             di = req.di or 0
             no_block = self.mode == "no-blocks" and (di >> 8) & 0xFF == 0xFF
@@ -125,23 +133,41 @@ class _Fd:
         return os.read(self.fd, 1024)
 
 
+class PtyMeter:
+    """A FakeMeter answering on the master side of a pty; ``port`` is the slave's name."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # no echo or newline translation, as on a serial device
+        self._fresh = termios.tcgetattr(self.slave)
+        self.fake = FakeMeter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_serve, args=(_Fd(self.master), lambda b: os.write(self.master, b), self.fake, self._stop),
+            daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> str:
+        # Linux ptys drop PARENB and then refuse pyserial's second 8E1 setup (EINVAL), so
+        # put the line back to its first settings before every open.
+        termios.tcsetattr(self.slave, termios.TCSANOW, self._fresh)
+        return os.ttyname(self.slave)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self.slave)
+        os.close(self.master)
+
+
 @pytest.fixture
-def pty_meter() -> Iterator[tuple[str, FakeMeter]]:
-    master, slave = os.openpty()
-    tty.setraw(slave)  # no echo, no newline translation before pyserial configures it
-    fake = FakeMeter()
-    stop = threading.Event()
-    reader = _Fd(master)
-    thread = threading.Thread(target=_serve, args=(reader, lambda b: os.write(master, b), fake, stop),
-                              daemon=True)
-    thread.start()
+def pty_meter() -> Iterator[tuple[PtyMeter, FakeMeter]]:
+    line = PtyMeter()
     try:
-        yield os.ttyname(slave), fake
+        yield line, line.fake
     finally:
-        stop.set()
-        thread.join(2)
-        os.close(slave)
-        os.close(master)
+        line.close()
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -152,25 +178,26 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def test_energy_block_printed_with_units(pty_meter) -> None:
-    port, fake = pty_meter
-    code, out = run("--port", port, "--address", ADDR, "--item", "energy")
+    line, fake = pty_meter
+    code, out = run("--port", line.port, "--address", ADDR, "--item", "energy")
     assert code == 0, out
     assert f"meter {ADDR}" in out
-    assert "total 1234.56 kWh, tariff 1 600.00 kWh" in out and "tariff 4 34.56 kWh" in out
+    assert "forward active energy block (total, tariffs) [0001FF00]:" in out
+    assert "    total     1234.56 kWh\n    tariff 1  600.00 kWh\n" in out and "tariff 4  34.56 kWh" in out
     assert fake.requests[0].di == 0x0001FF00 and fake.requests[0].preamble == 4
 
 
 def test_energy_falls_back_to_total_when_blocks_unsupported(pty_meter) -> None:
-    port, fake = pty_meter
+    line, fake = pty_meter
     fake.mode = "no-blocks"
-    code, out = run("--port", port, "--address", ADDR)
+    code, out = run("--port", line.port, "--address", ADDR)
     assert code == 0, out
     assert "forward active energy, total [00010000]: 1234.56 kWh" in out
 
 
 def test_json_current_and_wildcard_address(pty_meter) -> None:
-    port, fake = pty_meter
-    code, out = run("--port", port, "--item", "current", "--json")
+    line, fake = pty_meter
+    code, out = run("--port", line.port, "--item", "current", "--json")
     assert code == 0, out
     doc = json.loads(out)
     assert doc["meter"] == ADDR and doc["readings"][0]["unit"] == "A"
@@ -181,67 +208,68 @@ def test_json_current_and_wildcard_address(pty_meter) -> None:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--item", "voltage"], "phase A 229.8 V"),
-        (["--item", "power"], "total -0.2873 kW"),
+        (["--item", "voltage"], "phase A  229.8 V"),
+        (["--item", "power"], "total    -0.2873 kW"),
         (["--item", "clock"], "time [04000102]: 13:45:07"),
         (["--item", "status"], "relay open (supply off), last command trip"),
         (["--item", "daily-frozen", "--days-back", "2"], "daily freeze time, 2 days back [05060002]: 2024-04-30 00:00:00"),
         (["--item", "address"], "communication address: 000000000161"),
         (["--di", "04000C01"], "data 04000C01 [04000C01]: 01 02"),
+        (["--di", "04000403"], "asset management code [04000403]: ASSET-0042-SUBSTATION-7"),
     ],
 )
 def test_items(pty_meter, args: list[str], expected: str) -> None:
-    port, _ = pty_meter
-    code, out = run("--port", port, *args)
+    line, _ = pty_meter
+    code, out = run("--port", line.port, *args)
     assert code == 0, out
     assert expected in out
 
 
 def test_dlt645_1997_read(pty_meter) -> None:
-    port, fake = pty_meter
-    code, out = run("--port", port, "--protocol", "1997", "--address", ADDR, "--item", "voltage")
+    line, fake = pty_meter
+    code, out = run("--port", line.port, "--protocol", "1997", "--address", ADDR, "--item", "voltage")
     # This meter has no B61F block; the reader falls back to phase A.
     assert code == 0 and "voltage, phase A [B611]: 231 V" in out, out
     assert [r.di for r in fake.requests] == [0xB61F, 0xB611]
-    code, out = run("--port", port, "--protocol", "1997", "--address", ADDR)
-    assert code == 0 and "total 1234.56 kWh" in out
+    code, out = run("--port", line.port, "--protocol", "1997", "--address", ADDR)
+    assert code == 0 and "total     1234.56 kWh" in out, out
     assert fake.requests[-1].function == 0x01
 
 
 def test_echo_and_line_noise_are_skipped(pty_meter) -> None:
-    port, fake = pty_meter
+    line, fake = pty_meter
     fake.mode = "noisy"
-    code, out = run("--port", port, "--address", ADDR, "--item", "voltage")
-    assert code == 0 and "229.8 V" in out
+    code, out = run("--port", line.port, "--address", ADDR, "--item", "voltage")
+    assert code == 0 and "phase A  229.8 V" in out
 
 
 def test_timeout_is_one_line_and_exit_1(pty_meter) -> None:
-    port, fake = pty_meter
+    line, fake = pty_meter
     fake.mode = "silent"
-    code, out = run("--port", port, "--address", ADDR, "--timeout", "0.3")
+    code, out = run("--port", line.port, "--address", ADDR, "--timeout", "0.3")
     assert code == 1
     assert out.strip() == f"Error: meter {ADDR}: no reply within 0.3 s"
 
 
 def test_error_reply_decodes_err_bits(pty_meter) -> None:
-    port, _ = pty_meter
-    code, out = run("--port", port, "--address", ADDR, "--di", "04000403")
+    line, _ = pty_meter
+    code, out = run("--port", line.port, "--address", ADDR, "--di", "04000402")
     assert code == 1
     assert out.strip() == (f"Error: meter {ADDR} replied with error 02: "
                            "no such data (unknown or unsupported data identifier)")
 
 
 def test_checksum_error(pty_meter) -> None:
-    port, fake = pty_meter
+    line, fake = pty_meter
     fake.mode = "corrupt"
-    code, out = run("--port", port, "--address", ADDR)
+    code, out = run("--port", line.port, "--address", ADDR)
     assert code == 1 and "checksum error" in out and len(out.strip().splitlines()) == 1
 
 
 def test_missing_port() -> None:
     code, out = run("--port", "/dev/does-not-exist-ttyUSB9", "--address", ADDR, "--timeout", "0.2")
     assert code == 1
-    assert out.startswith("Error: cannot open /dev/does-not-exist-ttyUSB9")
+    assert out.strip() == "Error: cannot open /dev/does-not-exist-ttyUSB9: No such file or directory"
 
 
 @pytest.mark.parametrize(
@@ -274,7 +302,15 @@ def test_tcp_serial_server() -> None:
         thread.join(2)
         server.close()
     assert code == 0, out
-    assert "phase A 229.8 V" in out
+    assert "phase A  229.8 V" in out
+
+
+def test_tcp_connection_refused() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        host, free_port = probe.getsockname()  # closed again: nothing listens there now
+    code, out = run("--tcp", f"{host}:{free_port}", "--address", ADDR, "--timeout", "0.2")
+    assert code == 1 and out.startswith(f"Error: cannot open socket://{host}:{free_port}")
+    assert len(out.strip().splitlines()) == 1
 
 
 class _Sock:
@@ -291,7 +327,7 @@ class _Sock:
 def test_attached_to_the_concentrator_command(pty_meter) -> None:
     from concentrator.cli import main
 
-    port, _ = pty_meter
-    result = CliRunner().invoke(main, ["meter", "read", "--port", port, "--address", ADDR])
+    line, _ = pty_meter
+    result = CliRunner().invoke(main, ["meter", "read", "--port", line.port, "--address", ADDR])
     assert result.exit_code == 0, result.output
     assert "1234.56 kWh" in result.output

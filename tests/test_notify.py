@@ -103,9 +103,9 @@ def test_watchdog_pings_only_while_every_loop_beats(sd_socket):
             wd.beat(loop)
         wd.tick()
     msgs = received(sock)
-    assert msgs.count("WATCHDOG=1") == 3  # 15, 30, 45 s after its last beat: still allowed (60 s)
-    assert msgs[-1] == "STATUS=stalled: store"
-    assert "WATCHDOG=1" not in msgs[3:]
+    # 15..60 s after its last beat it is still within its allowed 60 s; from 75 s on, silence.
+    assert msgs[:4] == ["WATCHDOG=1"] * 4
+    assert msgs[4:] == ["STATUS=stalled: store"] * 4
     assert wd.stale() == ["store"]
     # It recovers: keep-alives resume.
     wd.beat("store")

@@ -366,6 +366,17 @@ def test_batch_is_all_or_nothing(store):
     assert store.daily(M1, TODAY) and store.daily(M2, TODAY) is None
 
 
+def test_sqlite_utils_writes_through_store_db_join_the_batch(store):
+    with pytest.raises(RuntimeError), store.batch():
+        store.write_daily(daily(M1))
+        store.db["mesh_nodes"].insert_all([{"address": M2, "level": 1}], pk="address")
+        raise RuntimeError("mesh save failed")
+    assert not store.db["mesh_nodes"].exists() and store.daily(M1, TODAY) is None
+    with store.batch():
+        store.db["mesh_nodes"].insert_all([{"address": M2, "level": 1}], pk="address")
+    assert store.db["mesh_nodes"].count == 1
+
+
 # --- retention, size cap, backup --------------------------------------------------------------
 
 def test_age_retention_counts_data_evicted_before_upload(path, clock):

@@ -16,7 +16,8 @@ Frame (protocols.md §3.1)::
 
 Which AUX parts a frame carries is decided by its header, never guessed (§3.7):
 PW (16 bytes) on downlink AFN 01/04/05/0F/10 and on AFN 06 both ways; EC (2 bytes) on uplink
-frames with ACD = 1; Tp (6 bytes) when SEQ.TpV = 1.
+frames with ACD = 1; Tp (6 bytes) when SEQ.TpV = 1. They follow the data units in the order
+PW, EC, Tp.
 
 Splitting the user data into data units needs each unit's length. The codec knows the length
 rules of the Fn this project uses (``KNOWN_FN``). **A data unit with an Fn it does not know
@@ -625,6 +626,8 @@ class TerminalCommParams:
 
         RTS (1, x20 ms) | allowed delay as initiator (1, min) |
         timeout+retries (2 LE: D11-D0 seconds, D13-D12 retries) | CON flags (1) | heartbeat (1, min)
+
+    Layout from the standard's text as remembered [MEM]; protocols.md does not give it.
     """
 
     rts_20ms: int = 0
@@ -670,6 +673,8 @@ class MasterStationParams:
     """AFN04/0A F3, master station addresses (28 bytes)::
 
         primary IP (4) | primary port (2 LE) | backup IP (4) | backup port (2 LE) | APN (16 ASCII, NUL padded)
+
+    IP bytes in dotted order; layout [MEM] (protocols.md names the fields only).
     """
 
     primary_ip: str
@@ -1737,6 +1742,8 @@ def _jsonable(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         d = {"type": type(obj).__name__}
         d.update({f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj)})
+        if isinstance(obj, EventRecord):
+            d["name"] = obj.name
         return d
     if isinstance(obj, list | tuple):
         return [_jsonable(x) for x in obj]
