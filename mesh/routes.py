@@ -194,6 +194,17 @@ class RoutePlanner:
         self._run(heap, touched)
         return self._refresh(touched)
 
+    def put_edge(self, u: str, v: str, metric: HopMetric | None) -> None:
+        """Set a hop without updating routes (bulk loading; call ``full_recompute`` after)."""
+        self.adj.setdefault(u, {})
+        self.adj.setdefault(v, {})
+        if metric is None:
+            self.adj[u].pop(v, None)
+            self.adj[v].pop(u, None)
+        else:
+            self.adj[u][v] = metric
+            self.adj[v][u] = metric.mirrored()
+
     def remove_node(self, n: str) -> list[str]:
         if n not in self.adj or n == self.root:
             return []

@@ -541,9 +541,7 @@ class Topology:
         """Rebuild every route from scratch (after a restore or a bulk change)."""
         for u, v in list(self.graph.edges()):
             if u < v or not self.graph.has_edge(v, u):
-                m = self.hop_metric(u, v)
-                if self.planner.adj.get(u, {}).get(v) != m:
-                    self.planner.set_edge(u, v, m)
+                self.planner.put_edge(u, v, self.hop_metric(u, v))
         self._emit_routes(self.planner.full_recompute())
 
     def refresh(self, t: float) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import termios
 from collections import deque
 from typing import Protocol
 
@@ -55,6 +56,7 @@ class MemoryLink:
         self._closed = False
         self._peer_gone = False
         self._last_arrival = 0.0  # keeps chunks in order when ``delay`` changes between writes
+        self._in_flight: deque[bytes] = deque()
 
     @classmethod
     def pair(cls, delay: float = 0.0) -> tuple[MemoryLink, MemoryLink]:
@@ -90,7 +92,14 @@ class MemoryLink:
         loop = asyncio.get_running_loop()
         arrival = max(loop.time() + self.delay, self._last_arrival)
         self._last_arrival = arrival
-        loop.call_at(arrival, peer._deliver, chunk)
+        # asyncio does not order timers due at the same instant, so chunks wait in our own
+        # FIFO and each timer delivers the oldest one: bytes never overtake each other.
+        self._in_flight.append(chunk)
+        loop.call_at(arrival, self._arrive)
+
+    def _arrive(self) -> None:
+        if self._in_flight and self._peer is not None:
+            self._peer._deliver(self._in_flight.popleft())
 
     def close(self) -> None:
         if self._closed:
@@ -144,6 +153,15 @@ class SerialLink:
             raise LinkClosed(f"{port}: cannot open: {exc}") from exc
         self._fd = self._serial.fileno()
         os.set_blocking(self._fd, False)
+        # pyserial's timeout=0 sets VMIN=0, which makes an idle tty read as b"" (end of file);
+        # VMIN=1 with O_NONBLOCK makes "no data" EAGAIN, so b"" really means the port is gone.
+        try:
+            attrs = termios.tcgetattr(self._fd)
+            attrs[6][termios.VMIN] = 1
+            attrs[6][termios.VTIME] = 0
+            termios.tcsetattr(self._fd, termios.TCSANOW, attrs)
+        except termios.error as exc:
+            log.warning("serial port %s: cannot set VMIN=1: %s", port, exc)
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._out = bytearray()

@@ -42,6 +42,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from simulator.scenario import MeterInstalled, MeterReplaced, NodeOff, NodeOn, NoiseBurst, Scenario
 
@@ -84,7 +85,8 @@ class MediumParams:
     # RF
     pl0_db: float = 0.0  # path loss at 1 m
     exponent: float = 0.0  # log-distance exponent
-    shadow_db: float = 0.0  # log-normal shadowing sigma (symmetric per link)
+    shadow_db: float = 0.0  # log-normal shadowing of the link itself (symmetric, truncated at 2.5 sigma)
+    shadow_node_db: float = 0.0  # shadowing owed to each end's surroundings (per node)
     box_db: float = 0.0  # meter box / cabinet loss at each meter or collector
 
     @property
@@ -111,7 +113,7 @@ MEDIA: dict[str, MediumParams] = {
         name="rf", bit_rate=50_000.0, frame_overhead_s=0.006, mac_overhead_bytes=24, processing_s=0.050,
         tx_db=17.0, noise_db=-110.0, snr50_db=5.0, curve_db=1.5, fading_db=4.0, asym_db=1.5,
         node_db=1.5, length_db_per_doubling=1.0,
-        pl0_db=26.0, exponent=3.2, shadow_db=7.0, box_db=10.0,
+        pl0_db=26.0, exponent=3.5, shadow_db=3.0, shadow_node_db=5.0, box_db=10.0,
     ),
 }
 
@@ -161,8 +163,32 @@ def hash_normal(*keys: int) -> float:
     return (s - 131070.0) / 37837.0  # mean 4*65535/2, sigma 65536*sqrt(4/12)
 
 
+_M64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _pair_normal(ka: int, kb: int, salt: int) -> float:
+    """Fast deterministic ~N(0,1) for an ordered pair of pre-mixed node keys (one mix)."""
+    x = (ka ^ ((kb * 0x9E3779B97F4A7C15 + salt) & _M64)) + 0x9E3779B97F4A7C15 & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    x ^= x >> 31
+    return ((x & 0xFFFF) + ((x >> 16) & 0xFFFF) + ((x >> 32) & 0xFFFF) + (x >> 48) - 131070.0) / 37837.0
+
+
 def _phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / _SQRT2))
+
+
+_NORMAL = NormalDist()
+_CLIP = 2.5  # RF shadowing draws are truncated at +-2.5 sigma (our choice, keeps bounds exact)
+
+
+def _probit(p: float) -> float:
+    return -math.inf if p <= 0 else math.inf if p >= 1 else _NORMAL.inv_cdf(p)
+
+
+def _clip(z: float) -> float:
+    return -_CLIP if z < -_CLIP else _CLIP if z > _CLIP else z
 
 
 class Channel:
@@ -193,6 +219,7 @@ class Channel:
         self._index = {n.address: n.index for n in nodes}
         self._mask = [_PHASE_MASK[n.phase] for n in nodes]
         self._akey = [int(n.address) for n in nodes]
+        self._nkey = [_mix64(self._seedkey ^ k) for k in self._akey]  # per-node key for link hashes
 
         # Junctions as integers; meters (loads) per junction for the PLC load terms.
         self._jids = [j.id for j in scenario.junctions]
@@ -210,6 +237,13 @@ class Channel:
         self._tx: dict[str, list[float]] = {}
         self._noise: dict[str, list[list[float]]] = {}
         self._box: list[float] = [0.0 if n.kind == "concentrator" else 1.0 for n in nodes]
+        # RF: the part of the shadowing owed to each end's surroundings (per node) and the
+        # meter-box loss, as one per-node figure; zero for PLC media.
+        self._rf_end: list[float] = [0.0] * len(nodes)
+        if "rf" in self.media:
+            rf = MEDIA["rf"]
+            self._rf_end = [rf.shadow_node_db * _clip(hash_normal(self._seedkey, self._akey[n.index], 5))
+                            + rf.box_db * self._box[n.index] for n in nodes]
         for name in self.media:
             mp = MEDIA[name]
             tx = []
@@ -413,8 +447,8 @@ class Channel:
         mp = MEDIA["rf"]
         loss = mp.pl0_db + 10 * mp.exponent * math.log10(d)
         lo, hi = (i, j) if i < j else (j, i)
-        loss += mp.shadow_db * hash_normal(self._seedkey, self._akey[lo], self._akey[hi], 3)
-        loss += mp.box_db * (self._box[i] + self._box[j])
+        loss += mp.shadow_db * _clip(_pair_normal(self._nkey[lo], self._nkey[hi], 3))
+        loss += self._rf_end[i] + self._rf_end[j]
         if self.scenario.buildings:
             ja, jb = self._njunc[i], self._njunc[j]
             key = (ja, jb) if ja < jb else (jb, ja)
@@ -436,7 +470,7 @@ class Channel:
                 return -math.inf
             if not self._mask[i] & self._mask[j]:
                 loss += mp.cross_phase_db
-        return self._tx[name][i] - loss + mp.asym_db * hash_normal(self._seedkey, self._akey[i], self._akey[j], 4)
+        return self._tx[name][i] - loss + mp.asym_db * _pair_normal(self._nkey[i], self._nkey[j], 4)
 
     def _snr(self, name: str, i: int, j: int, t: float) -> float:
         if i == j:
@@ -535,20 +569,31 @@ class Channel:
         seen.discard(i)
         return sorted(seen)
 
-    def _junction_pairs(self, name: str, jj: int) -> Iterable[tuple[int, float]]:
-        """(junction, loss shared by all node pairs there) for junctions that host nodes."""
+    def _junction_pairs(self, name: str, jj: int, max_loss: float = math.inf) -> Iterable[tuple[int, float]]:
+        """(junction, loss shared by all node pairs there) for junctions that host nodes.
+
+        For RF, junctions whose free-path loss alone exceeds ``max_loss`` are skipped.
+        """
         if name != "rf":
             return self._plc_loss[name].get(jj, {}).items()
         mp = MEDIA[name]
         a = self.nodes[self._at_junction[jj][0]]
         gx, gy = int(a.x // self._grid_m), int(a.y // self._grid_m)
         r = self._rf_radius_cells()
+        d2max = math.inf
+        if max_loss < math.inf:
+            dmax = 10 ** ((max_loss - mp.pl0_db) / (10 * mp.exponent))
+            d2max = dmax * dmax
+            r = min(r, int(dmax // self._grid_m) + 1)
         out = []
         for dx in range(-r, r + 1):
             for dy in range(-r, r + 1):
                 for k in self._grid.get((gx + dx, gy + dy), ()):
                     b = self.nodes[self._at_junction[k][0]]
-                    d = max(1.0, math.hypot(a.x - b.x, a.y - b.y))
+                    d2 = (a.x - b.x) ** 2 + (a.y - b.y) ** 2
+                    if d2 > d2max:
+                        continue
+                    d = max(1.0, math.sqrt(d2))
                     loss = mp.pl0_db + 10 * mp.exponent * math.log10(d)
                     if self.scenario.buildings:
                         key = (jj, k) if jj < k else (k, jj)
@@ -561,7 +606,7 @@ class Channel:
 
     def _rf_radius_cells(self) -> int:
         mp = MEDIA["rf"]
-        budget = self._cutoff(mp) + 3.5 * mp.shadow_db
+        budget = self._cutoff(mp) + _CLIP * (mp.shadow_db + 2 * mp.shadow_node_db)
         dmax = 10 ** ((budget - mp.pl0_db) / (10 * mp.exponent))
         return int(dmax // self._grid_m) + 1
 
@@ -587,28 +632,33 @@ class Channel:
             tx = self._tx[name]
             noise = [self._noise_at(name, j, t) if self._bursts else self._noise[name][j][hour]
                      for j in range(len(self.nodes))]
-            min_noise = {k: min(noise[j] for j in idx) for k, idx in self._at_junction.items()}
-            spread = 3.5 * (mp.asym_db + (mp.shadow_db if name == "rf" else 0.0))
             rf = name == "rf"
+            end = self._rf_end if rf else [0.0] * len(self.nodes)
+            # Best case of each junction's nodes as receivers, and the largest static luck a
+            # link can have (asymmetry, link shadowing): a junction pair that misses min_p even
+            # then is skipped without looking at its node pairs.
+            rx_best = {k: min(noise[j] + end[j] for j in idx) for k, idx in self._at_junction.items()}
+            spread = 3.47 * mp.asym_db + (_CLIP * mp.shadow_db if rf else 0.0)
+            z = sd * _probit(min_p)
             for jj, srcs in src_j.items():
-                max_tx = max(tx[i] for i in srcs)
-                for k, base in self._junction_pairs(name, jj):
-                    if _phi((max_tx - base + spread - min_noise[k] - need) / sd) < min_p:
+                tx_best = max(tx[i] - end[i] for i in srcs)
+                max_loss = tx_best + spread - min(rx_best.values()) - need - z
+                for k, base in self._junction_pairs(name, jj, max_loss):
+                    if tx_best - base + spread - rx_best[k] - need < z:
                         continue
+                    nkey, mask = self._nkey, self._mask
                     for i in srcs:
-                        ki = self._akey[i]
+                        ki = nkey[i]
                         for j in self._at_junction[k]:
                             if j == i or not up[j]:
                                 continue
                             loss = base
                             if rf:
-                                lo, hi = (ki, self._akey[j]) if i < j else (self._akey[j], ki)
-                                loss += mp.shadow_db * hash_normal(self._seedkey, lo, hi, 3) \
-                                    + mp.box_db * (self._box[i] + self._box[j])
-                            elif not self._mask[i] & self._mask[j]:
+                                lo, hi = (ki, nkey[j]) if i < j else (nkey[j], ki)
+                                loss += mp.shadow_db * _clip(_pair_normal(lo, hi, 3)) + end[i] + end[j]
+                            elif not mask[i] & mask[j]:
                                 loss += mp.cross_phase_db
-                            snr = tx[i] - loss + mp.asym_db * hash_normal(self._seedkey, ki, self._akey[j], 4) \
-                                - noise[j]
+                            snr = tx[i] - loss + mp.asym_db * _pair_normal(ki, nkey[j], 4) - noise[j]
                             p = _phi((snr - need) / sd)
                             if p >= min_p and p > best.get((i, j), (-1.0, ""))[0]:
                                 best[(i, j)] = (p, name)

@@ -17,7 +17,20 @@ def main(verbose: int) -> None:
 
 def _attach() -> None:
     # Commands register themselves here; keep one line per module.
-    pass
+    from simulator import cli_world
+
+    for cmd in cli_world.COMMANDS:
+        main.add_command(cmd)
+    from simulator import serve
+
+    main.add_command(serve.serve_cmd)
+    from simulator import trial
+
+    main.add_command(trial.trial_cmd)
+    from simulator import cli_master
+
+    main.add_command(cli_master.master_cmd_server)
+    main.add_command(cli_master.master_cmd)
 
 
 _attach()

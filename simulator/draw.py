@@ -129,7 +129,7 @@ def _nice_length(span_m: float) -> float:
 
 
 def draw(scenario: Scenario, path: str | Path, at: str | float = "12:00", all_links: bool = False,
-         max_links: int = 3000, width: int = 1400, truth_data: dict[str, Any] | None = None) -> Path:
+         max_links: int = 400, width: int = 1400, truth_data: dict[str, Any] | None = None) -> Path:
     """Draw the district to ``path`` (.svg or .png); returns the path."""
     path = Path(path)
     tr = truth_data or truth(scenario, at, registers=False)

@@ -212,7 +212,8 @@ def _feeder(b: _Builder, n: int) -> None:
     for f, count in enumerate(shares):
         # The first feeder is the long one that needs the deep relay chains.
         if f == 0:
-            length = 2800.0 if n >= 40 else 1800.0
+            # Sparse feeders reach further per hop, so they must be longer to need 4+ relays.
+            length = 3200.0 if 40 <= n < 600 else 2700.0 if n >= 600 else 1800.0
         else:
             length = min(2000.0, max(600.0, count * 30.0)) * rng.uniform(0.6, 0.9)
         heading = 2 * math.pi * f / feeders + rng.uniform(-0.3, 0.3)

@@ -280,7 +280,7 @@ class MeterData:
         lo = -self._t0 - 62 * DAY
         t = max(t, lo)
         cur = self._cum(md, t, solar)
-        base = self._cum(md, lo if md.installed == -math.inf else max(lo, md.installed), solar)
+        base = self._cum(md, lo, solar)  # time before installation is an off interval
         vals = [c - b for c, b in zip(cur, base, strict=True)]
         for s, e in self._off_intervals(md):
             s, e = max(s, lo), min(e, t)

@@ -268,6 +268,10 @@ class Scenario:
     description: str = ""
     _index: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
+    def __post_init__(self) -> None:
+        # dataclasses.replace() hands over the old look-up cache: always start a fresh one.
+        object.__setattr__(self, "_index", {})
+
     # -- look-ups (built lazily, cached on the frozen instance) --------------------------------
     def _idx(self) -> dict[str, Any]:
         if not self._index:
@@ -626,6 +630,11 @@ def _check_connected(junctions: list[Junction], segments: list[Segment], root: s
 
 # --- serialising -------------------------------------------------------------------------------
 
+def _n(v: float) -> float | int:
+    """Whole numbers are written without ".0" so hand-written and dumped files look alike."""
+    return int(v) if float(v).is_integer() else v
+
+
 def _meter_dict(m: Meter) -> dict[str, Any]:
     d: dict[str, Any] = {"address": m.address}
     if m.collector:
@@ -665,15 +674,15 @@ def to_dict(sc: Scenario) -> dict[str, Any]:
     events = []
     for e in sc.events:
         if isinstance(e, NodeOff | NodeOn):
-            events.append({"at": e.at, "kind": "node_off" if isinstance(e, NodeOff) else "node_on",
+            events.append({"at": _n(e.at), "kind": "node_off" if isinstance(e, NodeOff) else "node_on",
                            "address": e.address})
         elif isinstance(e, MeterReplaced):
-            events.append({"at": e.at, "kind": "meter_replaced", "old": e.old, "new": e.new})
+            events.append({"at": _n(e.at), "kind": "meter_replaced", "old": e.old, "new": e.new})
         elif isinstance(e, MeterInstalled) and e.meter is not None:
-            events.append({"at": e.at, "kind": "meter_installed", "meter": _meter_dict(e.meter)})
+            events.append({"at": _n(e.at), "kind": "meter_installed", "meter": _meter_dict(e.meter)})
         elif isinstance(e, NoiseBurst):
-            events.append({"at": e.at, "kind": "noise_burst", "node": e.node, "level_db": e.level_db,
-                           "duration_s": e.duration_s})
+            events.append({"at": _n(e.at), "kind": "noise_burst", "node": e.node, "level_db": e.level_db,
+                           "duration_s": _n(e.duration_s)})
     d["events"] = events
     return d
 

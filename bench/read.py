@@ -1,0 +1,156 @@
+"""Benchmark of the meter reading engine (issue 5): the daily frozen round after formation.
+
+For generated 1,000- and 2,040-meter ``street`` districts on npl and hplc, the trial
+(``simulator.trial.run_trial``: ModuleDriver + Mesh + Reader + Store against the in-process
+simulated district, virtual time) forms the network from an empty archive and runs one day of
+the daily frozen task. Figures per case:
+
+* first-attempt and final success rate of the round (final over the meters found, i.e. the
+  reachable ones in the archive);
+* round duration (simulated seconds) and its ratio to the airtime lower bound (one request and
+  one reply per meter along the truth's shortest usable path, see ``simulator.trial``);
+* CPU seconds per 1,000 meter reads, concentrator *and* simulator together (they share the
+  process, so this is an upper bound on the concentrator's share), and, separately, the
+  reader + store alone against an instant in-memory meter set;
+* peak RSS of the case's process (each case runs in its own subprocess).
+
+Goals: first-attempt >= 99.5 %, final 100 % of reachable; 1,000-meter hplc round < 5 sim-min
+and within 1.5x the lower bound; < 2 s CPU per 1,000 reads; peak RSS < 150 MB.
+
+    python bench/read.py            # all four cases (several minutes of wall time)
+    python bench/read.py --quick    # 300-meter npl and hplc only
+
+Prints a table and writes ``bench/read.json`` next to this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime
+from datetime import time as dtime
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOALS = {"first_rate": 0.995, "final_rate": 1.0, "hplc_1000_round_s": 300.0,
+         "over_bound": 1.5, "cpu_per_1000": 2.0, "rss_mb": 150.0}
+
+
+def run_case(meters: int, channel: str, seed: int = 1) -> dict:
+    from simulator.generate import generate
+    from simulator.trial import run_trial
+
+    scenario = generate(meters, "street", seed=seed)
+    wall = time.monotonic()
+    res = run_trial(scenario, days=1, channel=channel, tasks=("daily_frozen",))
+    wall = time.monotonic() - wall
+    rnd = next((r for r in res["rounds"] if r["task"] == "daily_frozen"), None)
+    reads = sum(1 for m in res["meters"].values() if m["final"] == "ok")
+    out = {
+        "meters": meters, "channel": channel, "seed": seed, "wall_s": round(wall, 1),
+        "formation_s": res["formation"]["seconds"],
+        "found": f"{res['formation']['reachable_found']}/{res['formation']['reachable']}",
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_schedule_s": res["cpu_s"]["schedule"],
+    }
+    if rnd is not None:
+        out.update({
+            "first_rate": rnd["first_rate"], "final_rate": rnd["final_rate"],
+            "round_s": rnd["duration_s"], "first_pass_s": rnd["first_pass_s"],
+            "lower_bound_s": rnd["airtime_lower_bound_s"],
+            "first_pass_over_bound": rnd["first_pass_over_bound"],
+            "over_bound": rnd["duration_over_bound"], "exchanges": rnd["exchanges"],
+            "unread": len(rnd["unread"]),
+            "cpu_per_1000_reads_with_sim": round(1000 * res["cpu_s"]["schedule"] / max(reads, 1), 2),
+        })
+    return out
+
+
+def reader_only_cpu(meters: int = 1000) -> dict:
+    """CPU of Reader + Store per 1,000 meter reads with meters that answer instantly."""
+    from concentrator import dlt645
+    from concentrator.clock import LoopClock
+    from concentrator.reader import Exchanged, Reader
+    from concentrator.store import MeterRecord, Store
+    from concentrator.tasks import Task, TaskKind
+    from simulator.vtime import VirtualTimeLoop
+
+    day = date(2024, 3, 1)
+    fwd = dlt645.encode_value(0x05060101, tuple(Decimal("1234.56") for _ in range(5)))
+    when = dlt645.encode_value(0x05060001, datetime.combine(day, dtime(0)))
+
+    class Instant:
+        async def exchange(self, address, request, *, priority=False):
+            frame = dlt645.decode(request)
+            value = when if frame.di >> 8 == 0x050600 else fwd
+            await asyncio.sleep(0)
+            return Exchanged(dlt645.encode(dlt645.read_reply(address, frame.di, value)), (), 1, 0.0)
+
+    async def main(path: Path) -> tuple[float, int]:
+        clock = LoopClock(datetime.combine(day, dtime(0, 5)))
+        clock.now()
+        store = Store.open(path, clock=clock)
+        for i in range(meters):
+            store.upsert_meter(MeterRecord(f"{i + 1:012d}"))
+        task = Task("daily_frozen", TaskKind.DAILY_FROZEN)
+        reader = Reader(Instant(), store, clock, [task], max_concurrent=5)
+        cpu = time.process_time()
+        rep = await reader.run_round(task)
+        cpu = time.process_time() - cpu
+        store.close()
+        return cpu, sum(r.ok for r in rep.results.values())
+
+    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner(loop_factory=VirtualTimeLoop) as r:
+        cpu, ok = r.run(main(Path(tmp) / "b.db"))
+    return {"meters": meters, "cpu_s": round(cpu, 3), "cpu_per_1000_reads": round(1000 * cpu / ok, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="300-meter npl and hplc only")
+    ap.add_argument("--case", help=argparse.SUPPRESS)  # "meters:channel", run in a subprocess
+    args = ap.parse_args()
+    if args.case:
+        n, ch = args.case.split(":")
+        print(json.dumps(run_case(int(n), ch)))
+        return
+    cases = [(300, "hplc"), (300, "npl")] if args.quick else \
+        [(1000, "hplc"), (1000, "npl"), (2040, "hplc"), (2040, "npl")]
+    results = []
+    for n, ch in cases:
+        proc = subprocess.run([sys.executable, __file__, "--case", f"{n}:{ch}"],
+                              capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            results.append({"meters": n, "channel": ch, "error": proc.stderr.strip()[-800:]})
+        else:
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        r = results[-1]
+        if "error" in r:
+            print(f"{n:5d} {ch:5s} ERROR {r['error'][-300:]}")
+            continue
+        print(f"{n:5d} {ch:5s} formation {r['formation_s']:7.0f} s found {r['found']:>9s} | "
+              f"first {100 * r.get('first_rate', 0):6.2f}% final {100 * r.get('final_rate', 0):6.2f}% "
+              f"round {r.get('round_s', 0):7.0f} s (first pass {r.get('first_pass_s', 0):.0f} s) "
+              f"= {r.get('over_bound')}x bound "
+              f"({r.get('lower_bound_s')} s) | cpu/1000 {r.get('cpu_per_1000_reads_with_sim')} s "
+              f"| rss {r['peak_rss_mb']} MB | wall {r['wall_s']} s", flush=True)
+    own = reader_only_cpu()
+    print(f"reader + store alone: {own['cpu_per_1000_reads']} s CPU per 1,000 reads")
+    out = {"generated": datetime.now().isoformat(timespec="seconds"), "goals": GOALS,
+           "quick": args.quick, "cases": results, "reader_only": own}
+    path = Path(__file__).with_suffix(".json")
+    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,913 @@
+"""The mesh engine: plug-and-play discovery, link learning, probing, repair and node ageing.
+
+``Mesh`` is the concentrator's routing brain on top of the pure core (``mesh.topology``,
+``mesh.links``, ``mesh.routes``, ``mesh.persist``) and the module driver
+(``plc_driver.driver.ModuleDriver``). The module only carries frames along the relay list it
+is given; everything here decides *which* list.
+
+* **Discovery** (``await discover(archive)``): a registration search (AFN11 F5) from the CCO,
+  then hop by hop from the found nodes of each level as proxies (the search runs from the node
+  at the end of the A-field relay list, see docs/architecture.md), until a level brings no new
+  node or the relay depth is reached. Every found node is registered with the module (AFN11 F1,
+  with a collector's RS-485 meters) so it stays quiet in later searches. Archive meters come
+  first (registered and used as proxies before unknown nodes); a node not in the master's
+  archive is reported as ``UnknownMeter`` and admitted or quarantined per
+  ``MeshConfig.unknown_node_policy`` (quarantined nodes are read but never relay). With no
+  archive at all (plug and play from scratch) every node is admitted and still reported.
+* **Learning**: every exchange outcome goes to ``Topology.observe_path`` (the last hop's R4
+  signal quality included); search reports give both directions of the proxy-node hop.
+* **Probing**: after discovery each node is probed (a cheap DL/T 645 read-address, or a short
+  read for collectors and 1997 meters) through candidate relays from its neighbourhood until it
+  has a primary and ``alternates`` alternates or the probe budget is spent; routes whose choice
+  is uncertain (``Topology.needs_probe``) are probed along the route itself.
+* **Exchange** (``await exchange(address, dlt645_bytes, priority=...)``): primary route first,
+  alternates at once on failure; a node unreachable on every route triggers a background repair
+  (probes through its neighbourhood, then a local search from its last known neighbours, which
+  also finds a meter replaced at the same spot under its new address).
+* **Ageing** (``await age()``): nodes silent longer than ``node_silence_timeout`` are deleted
+  from the topology and the module's slave archive; the deletion is reported.
+* **Persistence**: ``save()`` after discovery and from ``maintain()`` every ``save_period``;
+  ``Mesh.restore(...)`` brings the saved mesh back so reading resumes with no discovery.
+
+Events go to ``on_event`` (a plain callable): the engine's own events below plus the core's
+``RouteChanged``/``NodeAdded``/``NodeDeleted``/``LinkDown``... events, drained after each step.
+
+Persistence note: ``mesh.persist.save`` wraps its writes in ``with db.conn:``, which commits any
+transaction already open on the connection (a caller's ``Store.batch()`` then fails to commit)
+and under ``isolation_level=None`` does not group the writes at all. ``save()`` here works
+around it: it opens the transaction itself (``Store.batch()`` or ``Database.atomic()``) and hands
+``persist.save`` a view of the connection whose ``with`` block neither commits nor begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from concentrator import dlt645
+from concentrator.clock import Clock
+from concentrator.config import MeshConfig
+from mesh import persist
+from mesh.routes import Route
+from mesh.topology import NodeKind, NodeStatus, Topology
+from plc_driver.driver import ExchangeResult, ModuleDriver, ModuleError, ReadFailure
+
+__all__ = [
+    "Mesh",
+    "EngineTuning",
+    "ExchangeOutcome",
+    "NodeFound",
+    "UnknownMeter",
+    "DiscoveryProgress",
+    "DiscoveryDone",
+    "NodeAged",
+    "MeterReplacementFound",
+    "RepairDone",
+]
+
+log = logging.getLogger(__name__)
+
+DENY_SLAVE_SILENT = 11  # AFN00 F2: the node did not answer (a hop of the path failed)
+DENY_METER_SILENT = 8  # the node answered but its meter did not: the path itself worked
+DENY_BUSY = 9  # module busy / archive full: not the links' fault
+
+
+# --- events (frozen: they go to the log, the store and the master station) -----------------
+
+@dataclass(frozen=True, slots=True)
+class NodeFound:
+    """A search found ``address`` through ``proxy`` (the CCO address: heard directly)."""
+
+    address: str
+    level: int
+    proxy: str
+    quality: int | None
+    kind: str
+    in_archive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMeter:
+    """A node not in the master's archive answered a search; ``admitted`` or quarantined."""
+
+    address: str
+    proxy: str
+    admitted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryProgress:
+    """A discovery level is done: ``found`` new nodes at ``level``, ``total`` so far."""
+
+    level: int
+    found: int
+    total: int
+    searches: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryDone:
+    nodes: int
+    by_level: tuple[tuple[int, int], ...]  # (level, nodes)
+    searches: int
+    reads: int
+    seconds: float
+    missing_archive: tuple[str, ...]  # archive meters no search found
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAged:
+    """A node silent since ``last_seen`` was deleted (topology and module archive)."""
+
+    address: str
+    last_seen: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReplacementFound:
+    """``old`` went silent and ``new`` answered a local search from ``old``'s neighbours."""
+
+    old: str
+    new: str
+    near: str
+
+
+@dataclass(frozen=True, slots=True)
+class RepairDone:
+    address: str
+    reachable: bool
+    probes: int
+    searches: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeOutcome:
+    """What ``Mesh.exchange`` did: the reply (or why there is none) and the route it used."""
+
+    address: str
+    reply: bytes | None
+    failure: str | None
+    route: Route | None  # the route of the last attempt
+    attempts: int
+    latency_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.reply is not None
+
+    @property
+    def relays(self) -> tuple[str, ...]:
+        return () if self.route is None else self.route.relays
+
+    @property
+    def latency(self) -> float:
+        return self.latency_s
+
+
+@dataclass(frozen=True, slots=True)
+class EngineTuning:
+    """Engine knobs below the user-facing ``MeshConfig`` (defaults suit HPLC and NPL)."""
+
+    root_search_minutes: int = 10
+    proxy_search_minutes: int = 3
+    search_retries: int = 0
+    root_slices: int = 255  # random answer slots of the first search: many nodes hear the CCO
+    proxy_slices: int = 16
+    #: a node heard at least this well by its proxy shares the proxy's neighbourhood: it is
+    #: only searched from when a level's other proxies leave archive meters unfound
+    cover_quality: int = 12
+    alternates: int = 2
+    probes_per_node: int = 6  # candidate relays tried per node when looking for alternates
+    uncertain_std: float = 0.15
+    uncertain_probes: int = 2
+    probe_timeout: float | None = None
+    busy_retry_s: float = 1.0
+    repair_probes: int = 8
+    local_search_minutes: int = 2
+    save_period: float = 3600.0
+    #: medium recorded for search reports (the module does not say); "rf" for RF modules
+    search_medium: str = "plc"
+
+
+@dataclass
+class _Stats:
+    searches: int = 0
+    reads: int = 0
+    probes: int = 0
+    found: int = 0
+    discovery_s: float = 0.0
+    by_level: dict[int, int] = field(default_factory=dict)
+
+
+ArchiveItem = str | tuple[str, Any] | Any
+
+
+class _NoCommitConn:
+    """A sqlite3 connection whose ``with`` block does nothing (see the module docstring)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> _NoCommitConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class Mesh:
+    """Discovery, routing, probing, repair and ageing of one district (see module docstring)."""
+
+    def __init__(
+        self,
+        driver: ModuleDriver,
+        topology: Topology,
+        *,
+        clock: Clock,
+        config: MeshConfig | None = None,
+        db: Any = None,
+        on_event: Callable[[Any], None] | None = None,
+        tuning: EngineTuning | None = None,
+    ) -> None:
+        self.driver = driver
+        self.topology = topology
+        self.clock = clock
+        self.config = config or MeshConfig()
+        self.tuning = tuning or EngineTuning()
+        self.db = db
+        self.on_event = on_event
+        self.stats = _Stats()
+        self.archive: dict[str, int] = {}  # master archive: address -> 1 (645-97) / 2 (645-07)
+        self._finder: dict[str, tuple[str, int | None]] = {}  # node -> (proxy, quality)
+        self._host: dict[str, str] = {}  # RS-485 meter -> its collector
+        self._registered: set[str] = set()
+        self._search_lock = asyncio.Lock()
+        self._repairs: dict[str, asyncio.Task[None]] = {}
+        self._last_save: float | None = None
+        self._rebuild_hosts()
+
+    # --- construction from saved state -------------------------------------------------------
+
+    @classmethod
+    def restore(
+        cls,
+        driver: ModuleDriver,
+        db: Any,
+        *,
+        clock: Clock,
+        config: MeshConfig | None = None,
+        on_event: Callable[[Any], None] | None = None,
+        tuning: EngineTuning | None = None,
+    ) -> Mesh | None:
+        """The mesh saved in ``db`` (a ``Store`` or a sqlite-utils ``Database``), or None."""
+        try:
+            topo = persist.load(_database(db))
+        except persist.MeshStateError as exc:
+            log.info("mesh: no saved state (%s): discovery needed", exc)
+            return None
+        mesh = cls(driver, topo, clock=clock, config=config, db=db, on_event=on_event,
+                   tuning=tuning)
+        # Everything in the saved mesh was registered with the module before the restart.
+        mesh._registered = {n.address for n in topo.nodes() if n.address != topo.root}
+        mesh._last_save = mesh._now()
+        log.info("mesh: restored %d nodes, %d with a route", len(topo.nodes()) - 1,
+                 len(topo.planner.published))
+        return mesh
+
+    @property
+    def root(self) -> str:
+        return self.topology.root
+
+    @property
+    def formed(self) -> bool:
+        """True when some node has a route (a restored or discovered mesh)."""
+        return bool(self.topology.planner.published)
+
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
+
+    def _rebuild_hosts(self) -> None:
+        self._host = {}
+        for n in self.topology.nodes():
+            for m in n.sub_meters:
+                self._host[m] = n.address
+
+    def host_of(self, address: str) -> str:
+        """The node whose modem reaches ``address``: itself, or its collector."""
+        return self._host.get(address, address)
+
+    # --- events --------------------------------------------------------------------------------
+
+    def _emit(self, event: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception:  # a faulty listener must not stop routing
+            log.exception("mesh: event listener failed on %s", type(event).__name__)
+
+    def _flush(self) -> None:
+        for ev in self.topology.drain_events():
+            self._emit(ev)
+
+    # --- discovery -----------------------------------------------------------------------------
+
+    def set_archive(self, archive: Iterable[ArchiveItem] | None) -> None:
+        """The master station's meter archive (addresses with optional protocol)."""
+        self.archive = {}
+        for item in archive or ():
+            addr, proto = _archive_entry(item)
+            if addr is None:
+                log.warning("mesh: archive entry %r rejected (no valid address)", item)
+                continue
+            self.archive[addr] = proto
+
+    def _known(self, address: str, subs: Iterable[str] = ()) -> bool:
+        return address in self.archive or any(s in self.archive for s in subs)
+
+    async def discover(self, archive: Iterable[ArchiveItem] | None = None) -> DiscoveryDone:
+        """Find the district hop by hop from the CCO (see module docstring); returns a summary."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if archive is not None:
+            self.set_archive(archive)
+        plug_and_play = not self.archive
+        for addr in self.archive:
+            if addr not in self.topology and addr not in self._host:
+                self.topology.add_node(addr, status=NodeStatus.ARCHIVE,
+                                       protocol=_proto_name(self.archive[addr]))
+        depth = min(self.config.max_relay_depth, self.topology.route_cfg.max_relays)
+        frontier = [self.root]
+        searched: set[str] = set()
+        level = 1
+        while frontier and level <= depth + 1:
+            new: list[str] = []
+            skipped: list[str] = []
+            for proxy in self._order_proxies(frontier):
+                if proxy != self.root and self._covered(proxy, searched):
+                    skipped.append(proxy)
+                    continue
+                new += await self._search_from(proxy, level, plug_and_play)
+                searched.add(proxy)
+            if skipped and self._missing_archive():
+                for proxy in skipped:
+                    new += await self._search_from(proxy, level, plug_and_play)
+                    searched.add(proxy)
+            self.stats.by_level[level] = self.stats.by_level.get(level, 0) + len(new)
+            total = sum(self.stats.by_level.values())
+            log.info("mesh: discovery level %d: %d new nodes, %d in all", level, len(new), total)
+            self._emit(DiscoveryProgress(level, len(new), total, self.stats.searches))
+            self._flush()
+            frontier = [a for a in new if a in self.topology
+                        and self.topology.node(a).status is NodeStatus.APPROVED]
+            level += 1
+        # Formation time: every node found so far has its (search) route now.
+        self.stats.discovery_s = loop.time() - t0
+        if self.config.probing:
+            await self.probe_phases()
+        missing = self._missing_archive()
+        for addr in missing:
+            log.warning("mesh: archive meter %s not found by discovery", addr)
+        done = DiscoveryDone(
+            nodes=len(self.topology.nodes()) - 1,
+            by_level=tuple(sorted(self.stats.by_level.items())),
+            searches=self.stats.searches, reads=self.stats.reads,
+            seconds=loop.time() - t0, missing_archive=tuple(missing),
+        )
+        self._emit(done)
+        self.save()
+        return done
+
+    def _missing_archive(self) -> list[str]:
+        out = []
+        for addr in sorted(self.archive):
+            host = self.host_of(addr)
+            if host not in self.topology or self.topology.node(host).status is NodeStatus.ARCHIVE:
+                out.append(addr)
+        return out
+
+    def _order_proxies(self, nodes: list[str]) -> list[str]:
+        # Archive meters first; then the best-heard (the most dependable relay paths).
+        def key(a: str) -> tuple[int, int, str]:
+            node = self.topology.node(a) if a in self.topology else None
+            known = node is not None and self._known(a, node.sub_meters)
+            q = self._finder.get(a, (self.root, 15))[1]
+            return (0 if known else 1, -(q if q is not None else 0), a)
+        return sorted(set(nodes), key=key)
+
+    def _covered(self, proxy: str, searched: set[str]) -> bool:
+        finder, q = self._finder.get(proxy, (None, None))
+        return finder in searched and q is not None and q >= self.tuning.cover_quality
+
+    def _proxy_path(self, proxy: str) -> tuple[str, ...] | None:
+        if proxy == self.root:
+            return ()
+        route = self.topology.primary(proxy)
+        return None if route is None else (*route.relays, proxy)
+
+    async def _search_from(self, proxy: str, level: int, plug_and_play: bool,
+                           minutes: int | None = None) -> list[str]:
+        """One registration search from ``proxy``; returns the nodes it found first."""
+        path = self._proxy_path(proxy)
+        if path is None:
+            log.info("mesh: no route to proxy %s, search skipped", proxy)
+            return []
+        tn = self.tuning
+        if minutes is None:
+            minutes = tn.root_search_minutes if proxy == self.root else tn.proxy_search_minutes
+        slices = tn.root_slices if proxy == self.root else tn.proxy_slices
+        found: list[tuple[str, int | None, Any]] = []
+        async with self._search_lock:
+            self.stats.searches += 1
+            try:
+                await self.driver.start_search(path, minutes, retries=tn.search_retries,
+                                               slices=slices)
+            except ModuleError as exc:
+                log.warning("mesh: search from %s refused: %s", proxy, exc)
+                return []
+            try:
+                async with asyncio.timeout(minutes * 60 + 30):
+                    async for report in self.driver.reports():
+                        f = report.frame
+                        if f.afn == 0x06 and f.fn == 3:
+                            if getattr(report.unit, "status", None) == 2:
+                                break
+                            continue
+                        if f.afn != 0x06 or f.fn != 4 or report.node is None:
+                            log.info("mesh: module report AFN%02X F%d ignored", f.afn, f.fn)
+                            continue
+                        found.append((report.node, f.info.cmd_quality if f.info else None,
+                                      report))
+            except TimeoutError:
+                log.warning("mesh: search from %s did not end, stopping it", proxy)
+                with contextlib.suppress(ModuleError):
+                    await self.driver.stop_search()
+        new: list[str] = []
+        reg: list[tuple[str, int]] = []
+        for address, q, report in found:
+            added = self._on_found(address, report, q, level, plug_and_play)
+            if added is not None:
+                new.append(address)
+                reg += added
+        await self._register(reg)
+        self._flush()
+        return new
+
+    def _on_found(self, address: str, report: Any, quality: int | None, level: int,
+                  plug_and_play: bool) -> list[tuple[str, int]] | None:
+        """Record a search report; return the (address, protocol) pairs to register."""
+        topo = self.topology
+        relays_back = tuple(report.frame.relays or ())
+        proxy = relays_back[0] if relays_back else self.root
+        units = getattr(report.unit, "nodes", ())
+        info = next((u for u in units if u.address == address), units[0] if units else None)
+        if info is None:
+            log.warning("mesh: search report for %s without node data, ignored", address)
+            return None
+        t = self._now()
+        is_collector = info.device_type == 1
+        subs = tuple(a for a, _p in info.subs)
+        if proxy not in topo:
+            log.warning("mesh: node %s found via unknown proxy %s, ignored", address, proxy)
+            return None
+        existing = topo.node(address) if address in topo else None
+        first = existing is None or existing.status is NodeStatus.ARCHIVE
+        known = plug_and_play or self._known(address, subs)
+        if existing is not None and existing.status is not NodeStatus.ARCHIVE:
+            status = None  # already classified; just learn the link
+        elif known:
+            status = NodeStatus.APPROVED
+        else:
+            admit = self.config.unknown_node_policy == "admit"
+            status = NodeStatus.APPROVED if admit else NodeStatus.QUARANTINED
+        proto = None if is_collector else _proto_name(info.protocol)
+        topo.add_node(address, NodeKind.COLLECTOR if is_collector else NodeKind.METER,
+                      status, protocol=proto, sub_meters=subs if is_collector else None, t=t)
+        m = self.tuning.search_medium
+        topo.observe(proxy, address, True, quality, medium=m, t=t)
+        topo.observe(address, proxy, True, quality, medium=m, t=t)
+        for s in subs:
+            self._host[s] = address
+            if s in topo and topo.node(s).status is NodeStatus.ARCHIVE:
+                topo.remove_node(s, "behind collector " + address)
+        if not first:
+            return None
+        self._finder[address] = (proxy, quality)
+        self.stats.found += 1
+        self._emit(NodeFound(address, level, proxy, quality, "collector" if is_collector
+                             else "meter", self._known(address, subs)))
+        if not self._known(address, subs):
+            admitted = topo.node(address).status is NodeStatus.APPROVED
+            # Plug and play from an empty archive: every node is "unknown"; not worth a warning.
+            log.log(logging.INFO if plug_and_play else logging.WARNING,
+                    "mesh: unknown meter %s found via %s, %s", address, proxy,
+                    "admitted" if admitted else "quarantined")
+            self._emit(UnknownMeter(address, proxy, admitted))
+        return [(address, info.protocol), *info.subs]
+
+    async def _register(self, pairs: list[tuple[str, int]]) -> None:
+        pairs = [(a, p) for a, p in dict(pairs).items() if a not in self._registered]
+        if not pairs:
+            return
+        # Archive meters first: if the module's slave archive fills, they are the ones in it.
+        pairs.sort(key=lambda ap: (0 if ap[0] in self.archive else 1, ap[0]))
+        try:
+            await self.driver.add_slaves(pairs)
+        except ModuleError as exc:
+            log.warning("mesh: registering %d nodes failed: %s", len(pairs), exc)
+            return
+        self._registered.update(a for a, _ in pairs)
+
+    # --- probing -------------------------------------------------------------------------------
+
+    def _probe_frame(self, address: str) -> tuple[str, bytes]:
+        """(target address, DL/T 645 frame) of the cheapest read that proves the path."""
+        node = self.topology.node(address)
+        if node.kind is NodeKind.COLLECTOR:
+            if not node.sub_meters:
+                return address, dlt645.encode(dlt645.read_address_request())
+            sub = node.sub_meters[0]
+            if self.archive.get(sub) == 1:
+                return sub, dlt645.encode(dlt645.read_request_1997(sub, 0x9010))
+            return sub, dlt645.encode(dlt645.read_request(sub, 0x00010000))
+        if node.protocol == "dlt645-1997":
+            return address, dlt645.encode(dlt645.read_request_1997(address, 0x9010))
+        return address, dlt645.encode(dlt645.read_address_request())
+
+    async def probe(self, address: str, relays: Iterable[str] | None = None) -> bool:
+        """One probe read of node ``address`` along ``relays`` (default: its primary route).
+
+        Learns from the outcome like any exchange; True when the path worked.
+        """
+        host = self.host_of(address)
+        if relays is None:
+            route = self.topology.primary(host)
+            if route is None:
+                return False
+            relays = route.relays
+        path = (self.root, *tuple(relays), host)
+        target, frame = self._probe_frame(host)
+        self.stats.probes += 1
+        result = await self._read(target, host, path, frame, self.tuning.probe_timeout)
+        ok = self._learn(path, result, None)
+        self._flush()
+        return ok
+
+    async def probe_phases(self) -> None:
+        """After discovery: give every node a primary and the wanted alternates, probing
+        candidate relays from its neighbourhood; then probe uncertain route choices."""
+        topo = self.topology
+        nodes = sorted((n for n in topo.nodes() if n.address != self.root and n.level),
+                       key=lambda n: (n.level or 99, n.address))
+        sem = asyncio.Semaphore(max(1, self.driver.max_concurrent))
+
+        async def one(addr: str) -> None:
+            async with sem:
+                await self._find_alternates(addr)
+        await asyncio.gather(*(one(n.address) for n in nodes))
+        await self.probe_uncertain()
+
+    def _candidates(self, address: str) -> list[str]:
+        """Relays worth a probe for ``address``: its finder's neighbourhood, nearest level first."""
+        topo = self.topology
+        node = topo.node(address)
+        level = node.level or 1
+        ring: set[str] = set()
+        near = {nb.address for nb in topo.neighbours(address)}
+        for w in list(near):
+            if w in topo:
+                ring |= {nb.address for nb in topo.neighbours(w)}
+        ring |= near
+        current = {r for route in topo.routes(address) for r in route.relays}
+        out = []
+        for w in ring:
+            if w in (address, self.root) or w in current or w not in topo:
+                continue
+            wn = topo.node(w)
+            if wn.status is not NodeStatus.APPROVED or wn.level is None:
+                continue
+            if wn.level > level or wn.level >= self.config.max_relay_depth + 1:
+                continue
+            est = topo.link(w, address, self.tuning.search_medium)
+            if est is not None and est.down:
+                continue
+            route = topo.primary(w)
+            if route is None or address in route.relays:
+                continue
+            out.append((abs(wn.level - (level - 1)), -route.p, w))
+        return [w for *_k, w in sorted(out)]
+
+    async def _find_alternates(self, address: str) -> None:
+        topo = self.topology
+        tried = 0
+        for w in self._candidates(address):
+            if len(topo.routes(address)) >= 1 + self.tuning.alternates:
+                break
+            if tried >= self.tuning.probes_per_node:
+                break
+            route = topo.primary(w)
+            if route is None or address in route.relays:
+                continue
+            tried += 1
+            await self.probe(address, (*route.relays, w))
+        if not topo.node(address).phase and topo.primary(address) is not None:
+            await self.probe(address)  # the phase comes back in the read's R3
+
+    async def probe_uncertain(self) -> int:
+        """Probe along the routes whose choice is in doubt; returns the probes made."""
+        if not self.config.probing:
+            return 0
+        done = 0
+        for _round in range(self.tuning.uncertain_probes):
+            doubtful = [n.address for n in self.topology.nodes()
+                        if n.address != self.root and n.level
+                        and self.topology.needs_probe(n.address, self.tuning.uncertain_std)]
+            if not doubtful:
+                break
+            for addr in doubtful:
+                for route in self.topology.routes(addr)[:2]:
+                    await self.probe(addr, route.relays)
+                    done += 1
+        return done
+
+    # --- exchanges -------------------------------------------------------------------------------
+
+    async def _read(self, target: str, host: str, path: tuple[str, ...], frame: bytes,
+                    timeout: float | None) -> ExchangeResult:
+        relays = path[1:-1]
+        if target != host:
+            relays = (*relays, host)  # the collector carries the frame to its RS-485 meter
+        self.stats.reads += 1
+        result = await self.driver.read(target, relays, frame, timeout=timeout)
+        if result.deny_code == DENY_BUSY:
+            await asyncio.sleep(self.tuning.busy_retry_s)
+            self.stats.reads += 1
+            result = await self.driver.read(target, relays, frame, timeout=timeout)
+        return result
+
+    def _learn(self, path: tuple[str, ...], result: ExchangeResult,
+               route: Route | None) -> bool:
+        """Feed one read's outcome to the topology; True when the path carried it."""
+        topo = self.topology
+        path_ok = result.ok or result.deny_code == DENY_METER_SILENT
+        if not path_ok and not (result.failure is ReadFailure.DENIED
+                                and result.deny_code == DENY_SLAVE_SILENT):
+            # A driver timeout, a busy module or a garbled reply says nothing about the links.
+            log.info("mesh: read %s via %s: %s, not learned", path[-1], list(path[1:-1]),
+                     result.failure)
+            return False
+        n = len(path) - 1
+        quals: list[Any] = [None] * n
+        if result.cmd_quality is not None or result.reply_quality is not None:
+            quals[-1] = (result.cmd_quality, result.reply_quality)
+        t = self._now()
+        try:
+            topo.observe_path(route if route is not None and route.path == path else path,
+                              path_ok, t=t, qualities=quals)
+        except ValueError as exc:
+            log.warning("mesh: outcome via %s not learned: %s", list(path), exc)
+            return path_ok
+        if result.phase and path[-1] in topo:
+            node = topo.node(path[-1])
+            if node.phase != result.phase:
+                topo.add_node(path[-1], node.kind, phase=result.phase)
+        return path_ok
+
+    async def exchange(self, address: str, dlt645_bytes: bytes, *,
+                       priority: bool = False) -> ExchangeOutcome:
+        """Carry one DL/T 645 request to meter ``address`` (see module docstring).
+
+        Never raises for a failed read (the outcome says why); ``LinkClosed`` from the driver
+        (the serial port is gone) propagates. ``priority`` is accepted for the reader's sake:
+        ordering is the reader's job, the mesh tries the routes the same way.
+        """
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        host = self.host_of(address)
+        if host not in self.topology:
+            log.info("mesh: exchange with unknown meter %s refused", address)
+            return ExchangeOutcome(address, None, "unknown meter", None, 0, 0.0)
+        routes = self.topology.routes(host)
+        if not routes:
+            log.info("mesh: no route to %s", address)
+            self._start_repair(host)
+            return ExchangeOutcome(address, None, "no route", None, 0, 0.0)
+        attempts = 0
+        last_route: Route | None = None
+        failure = "no reply"
+        tried: set[tuple[str, ...]] = set()
+        while routes:
+            route = routes.pop(0)
+            if route.path in tried:
+                continue
+            tried.add(route.path)
+            attempts += 1
+            last_route = route
+            result = await self._read(address, host, route.path, dlt645_bytes, None)
+            path_ok = self._learn(route.path, result, route)
+            self._flush()
+            if result.ok:
+                return ExchangeOutcome(address, result.reply, None, route, attempts,
+                                       loop.time() - t0)
+            failure = _failure_text(result)
+            if path_ok:
+                break  # the node answered, its meter did not: another route will not help
+            if not routes:
+                # Learning may have produced a new route that avoids the failed relays.
+                alt = self.topology.route_for(host, avoid=set(route.relays))
+                if alt is not None and alt.path not in tried:
+                    routes.append(alt)
+        if not path_ok:
+            log.info("mesh: %s unreachable on %d routes", address, attempts)
+            self._start_repair(host)
+        return ExchangeOutcome(address, None, failure, last_route, attempts, loop.time() - t0)
+
+    # --- repair, replacement, ageing -------------------------------------------------------------
+
+    def _start_repair(self, host: str) -> None:
+        if host in self._repairs and not self._repairs[host].done():
+            return
+        task = asyncio.get_running_loop().create_task(self.repair(host), name=f"mesh-repair-{host}")
+        self._repairs[host] = task
+
+    async def wait_repairs(self) -> None:
+        """Wait for the background repairs started by failed exchanges."""
+        while any(not t.done() for t in self._repairs.values()):
+            await asyncio.gather(*self._repairs.values(), return_exceptions=True)
+
+    async def repair(self, address: str) -> bool:
+        """Find a way back to ``address``: probe via its neighbourhood, then a local search
+        from its last known neighbours (which also finds a replacement meter)."""
+        topo = self.topology
+        if address not in topo:
+            return False
+        probes = 0
+        for w in self._candidates(address):
+            if probes >= self.tuning.repair_probes:
+                break
+            route = topo.primary(w)
+            if route is None:
+                continue
+            probes += 1
+            if await self.probe(address, (*route.relays, w)):
+                log.info("mesh: %s reachable again via %s", address, w)
+                self._emit(RepairDone(address, True, probes, 0))
+                return True
+        searches = 0
+        neighbours = [nb.address for nb in topo.neighbours(address)
+                      if nb.address in topo and topo.node(nb.address).status is NodeStatus.APPROVED
+                      and (nb.address == self.root or topo.primary(nb.address) is not None)]
+        for w in neighbours[:3]:
+            searches += 1
+            level = (topo.node(w).level or 0) + 1
+            new = await self._search_from(w, level, not self.archive,
+                                          minutes=self.tuning.local_search_minutes)
+            for addr in new:
+                self._replacement(address, addr, w)
+            if new and address not in topo:
+                break
+        reachable = address in topo and topo.primary(address) is not None
+        self._emit(RepairDone(address, reachable, probes, searches))
+        return reachable
+
+    def _replacement(self, old: str, new: str, near: str) -> None:
+        """``new`` appeared beside silent ``old``: a meter replaced at the same spot."""
+        topo = self.topology
+        if old not in topo or new not in topo:
+            return
+        onode, nnode = topo.node(old), topo.node(new)
+        if onode.kind is not nnode.kind:
+            return
+        log.warning("mesh: meter %s replaced by %s (found near %s)", old, new, near)
+        if onode.status is NodeStatus.APPROVED and nnode.status is NodeStatus.QUARANTINED:
+            # The utility's own swap at the same spot: it takes over the old meter's role.
+            topo.approve(new)
+        self._emit(MeterReplacementFound(old, new, near))
+
+    async def age(self, now: float | None = None) -> list[str]:
+        """Delete nodes silent longer than ``node_silence_timeout``; returns their addresses."""
+        now = self._now() if now is None else now
+        silent = self.topology.silent_nodes(now - self.config.node_silence_timeout)
+        gone = []
+        for addr in silent:
+            node = self.topology.node(addr)
+            if node.status is NodeStatus.ARCHIVE:
+                continue  # never heard: nothing to forget in the module
+            last = node.last_seen
+            subs = node.sub_meters
+            self.topology.remove_node(addr, "silent")
+            for s in subs:
+                self._host.pop(s, None)
+            try:
+                await self.driver.delete_slaves([addr, *subs])
+            except ModuleError as exc:
+                log.warning("mesh: deleting %s from the module failed: %s", addr, exc)
+            self._registered.difference_update([addr, *subs])
+            log.warning("mesh: node %s silent since %s, deleted", addr, last)
+            self._emit(NodeAged(addr, last))
+            gone.append(addr)
+        self._flush()
+        return gone
+
+    async def maintain(self) -> None:
+        """Periodic upkeep: ageing, probing uncertain routes, load relief, saving."""
+        await self.age()
+        await self.probe_uncertain()
+        self.topology.rebalance()
+        self._flush()
+        now = self._now()
+        if self._last_save is None or now - self._last_save >= self.tuning.save_period:
+            self.save()
+
+    # --- persistence and inspection ----------------------------------------------------------
+
+    def save(self) -> bool:
+        """Write the mesh to the store in one transaction; False (logged) when it failed."""
+        if self.db is None:
+            return False
+        try:
+            if hasattr(self.db, "batch"):
+                with self.db.batch():
+                    persist.save(_no_commit(self.db.db), self.topology)
+            else:
+                db = _database(self.db)
+                with db.atomic():
+                    persist.save(_no_commit(db), self.topology)
+        except Exception as exc:  # the store has its own error tree; routing goes on
+            log.error("mesh: saving the mesh failed: %s", exc)
+            return False
+        self._last_save = self._now()
+        return True
+
+    def snapshot(self) -> dict:
+        """JSON-able view for the CLI: nodes with level, phase, links, route, last seen,
+        success history, alternates; discovery figures."""
+        snap = self.topology.snapshot()
+        for n in snap["nodes"]:
+            if n["address"] == self.root:
+                continue
+            routes = self.topology.routes(n["address"])
+            n["alternates"] = [{"relays": list(r.relays), "media": list(r.media),
+                                "p": round(r.p, 4)} for r in routes[1:]]
+            finder = self._finder.get(n["address"])
+            n["found_via"] = None if finder is None else finder[0]
+        s = self.stats
+        snap["discovery"] = {
+            "searches": s.searches, "reads": s.reads, "probes": s.probes, "found": s.found,
+            "seconds": round(s.discovery_s, 1), "by_level": dict(sorted(s.by_level.items())),
+        }
+        return snap
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def _database(db: Any) -> sqlite_utils.Database:
+    if isinstance(db, sqlite_utils.Database):
+        return db
+    inner = getattr(db, "db", None)
+    if isinstance(inner, sqlite_utils.Database):
+        return inner
+    raise TypeError(f"mesh: cannot persist to {type(db).__name__}")
+
+
+def _no_commit(db: sqlite_utils.Database) -> sqlite_utils.Database:
+    view = sqlite_utils.Database.__new__(sqlite_utils.Database)
+    view.__dict__.update(db.__dict__)
+    view.conn = _NoCommitConn(db.conn)  # type: ignore[assignment]
+    return view
+
+
+def _proto_name(proto: Any) -> str:
+    return "dlt645-1997" if proto in (1, "1", 1997, "1997", "dlt645-1997") else "dlt645-2007"
+
+
+def _archive_entry(item: Any) -> tuple[str | None, int]:
+    if isinstance(item, str):
+        addr, proto = item, 2
+    elif isinstance(item, tuple):
+        addr, proto = item[0], (item[1] if len(item) > 1 else 2)
+    else:
+        addr, proto = getattr(item, "address", None), getattr(item, "protocol", 2)
+    if not isinstance(addr, str) or len(addr) != 12:
+        return None, 2
+    try:
+        bytes.fromhex(addr)
+    except ValueError:
+        return None, 2
+    return addr.upper(), 1 if _proto_name(proto) == "dlt645-1997" else 2
+
+
+def _failure_text(result: ExchangeResult) -> str:
+    if result.failure is ReadFailure.DENIED:
+        return f"denied {result.deny_code} ({result.deny_reason})"
+    return str(result.failure.value if result.failure else "no reply")

@@ -1,0 +1,309 @@
+"""Field trial: the real concentrator objects against the in-process simulated district.
+
+``run_trial(scenario, days=N)`` runs, in virtual time, exactly what the daemon runs —
+``ModuleDriver`` on the module's serial link, ``mesh.Mesh`` for discovery and routing,
+``concentrator.reader.Reader`` with its tasks, ``SummaryMeter`` on the RS-485 link and the SQLite
+``Store`` — against ``simulator.district.SimDistrict``, starting from an empty archive:
+
+1. formation, from the scenario's start: the mesh discovers the district from nothing; the
+   nodes it found become the reading archive (``source = "discovered"``);
+2. N days of schedule (daily frozen from 00:05 by default, plus the other tasks asked for).
+
+The result (printed as a summary by the ``trial`` command and written as JSON) holds the
+formation time and the nodes found against the truth; per meter its route, first-attempt and
+final outcome, attempts and latency in the last daily frozen round; per round the success
+rates, duration and the *airtime lower bound*: the sum over the meters read of one request's
+and one reply's airtime along the shortest usable path in the truth (no contention, no
+processing, no meter time, every meter needing one exchange) — the time no reader could beat on
+a serial channel; and the line loss of every complete day against the simulator's truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import resource
+import tempfile
+import time
+from datetime import datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from concentrator import dlt645
+from concentrator.config import MeshConfig
+from concentrator.reader import Reader, RoundReport
+from concentrator.store import MeterRecord, Store
+from concentrator.summary_meter import SummaryMeter
+from concentrator.tasks import Task, TaskKind
+from mesh.engine import Mesh
+from mesh.topology import Topology
+from plc_driver.driver import ModuleDriver
+from simulator.district import SimDistrict
+from simulator.module import COMM_MODE
+from simulator.scenario import CHANNELS, Scenario
+from simulator.vtime import VirtualTimeLoop
+
+__all__ = ["run_trial", "trial_cmd", "airtime_lower_bound", "TRIAL_TASKS"]
+
+log = logging.getLogger(__name__)
+
+# Tasks the trial can run (``--tasks``); the daily frozen round is what the figures are about.
+TRIAL_TASKS: dict[str, Task] = {
+    "daily_frozen": Task("daily_frozen", TaskKind.DAILY_FROZEN, dtime(0, 5), dtime(6, 0),
+                         retry_pause_s=300.0),
+    "curve": Task("curve", TaskKind.CURVE, dtime(0, 5), dtime(0, 50), period_min=60,
+                  density_min=60, retry_pause_s=120.0),
+    "power_down": Task("power_down", TaskKind.POWER_DOWN, dtime(8, 0), dtime(10, 0)),
+    "clock": Task("clock", TaskKind.CLOCK, dtime(8, 0), dtime(10, 0)),
+    "relay": Task("relay", TaskKind.RELAY, dtime(10, 0), dtime(12, 0)),
+}
+
+MAINTAIN_PERIOD_S = 3600.0  # mesh upkeep period while reading (the daemon's route period)
+
+# Sizes of the daily frozen exchange the lower bound counts: a read request and a reply with
+# the forward block of 4 tariffs (05 06 01 01).
+_REQ_BYTES = len(dlt645.encode(dlt645.read_request("000000000001", 0x05060101)))
+_REPLY_BYTES = len(dlt645.encode(dlt645.read_reply("000000000001", 0x05060101, bytes(20))))
+
+
+def airtime_lower_bound(district: SimDistrict, meters: list[str], t: float) -> float:
+    """Seconds of airtime for one request and one reply per meter along the truth's shortest
+    usable path at scenario time ``t`` (meters with no usable path are left out)."""
+    routes = district.routes(t)
+    ch = district.channel
+    per_hop = ch.airtime(_REQ_BYTES) + ch.airtime(_REPLY_BYTES)
+    return sum((len(routes[m]) + 1) * per_hop for m in meters if m in routes)
+
+
+def _make_mesh(driver: ModuleDriver, root: str, clock: Any, store: Store) -> Mesh:
+    # From an empty archive every node found is admitted (and still reported as unknown).
+    return Mesh(driver, Topology(root), clock=clock, config=MeshConfig(), db=store)
+
+
+async def _maintain(mesh: Mesh, period: float) -> None:
+    """The daemon's periodic mesh upkeep (ageing, probing uncertain routes, relief, saving)."""
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await mesh.maintain()
+        except Exception:  # upkeep failing must not stop the trial's reading
+            log.exception("trial: mesh maintenance failed")
+
+
+def _primary_relays(mesh: Mesh, address: str) -> tuple[str, ...] | None:
+    topo = mesh.topology
+    host = mesh.host_of(address)  # a collector's RS-485 meters share its route
+    route = topo.primary(host) if host in topo else None
+    return None if route is None else tuple(route.relays)
+
+
+def _register_archive(mesh: Mesh, store: Store) -> list[str]:
+    """The nodes the mesh found become the reading archive (meters, and collectors' meters)."""
+    out = []
+    with store.batch():
+        for node in mesh.topology.nodes():
+            kind = getattr(node.kind, "value", str(node.kind))
+            if kind == "concentrator":
+                continue
+            if kind == "collector":
+                store.upsert_meter(MeterRecord(node.address, device_kind="collector",
+                                               source="discovered"))
+                for sub in node.sub_meters:
+                    store.upsert_meter(MeterRecord(sub, collector=node.address,
+                                                   source="discovered"))
+                    out.append(sub)
+                continue
+            store.upsert_meter(MeterRecord(node.address, protocol=node.protocol or "dlt645-2007",
+                                           source="discovered"))
+            out.append(node.address)
+    return out
+
+
+async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_path: Path,
+                 max_concurrent: int | None) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    # Formation starts at the scenario's start (00:00 for generated districts); the first
+    # daily frozen round starts when it is done, if that is inside the 00:05-06:00 window.
+    district = SimDistrict(scenario, start=scenario.start)
+    clock = district.clock
+    store = Store.open(db_path, clock=clock)
+    driver = ModuleDriver(district.module_link(), comm_mode=COMM_MODE[scenario.channel],
+                          cco_address=scenario.concentrator.address, clock=clock)
+    cpu0 = time.process_time()
+    try:
+        await driver.start()
+        mesh = _make_mesh(driver, scenario.concentrator.address, clock, store)
+        t0 = loop.time()
+        await mesh.discover()
+        formation_s = loop.time() - t0
+        archive = _register_archive(mesh, store)
+        truth = district.truth()
+        reachable = {n["address"] for n in truth["nodes"] if n.get("hops") is not None
+                     and n["kind"] != "concentrator" and not n.get("collector")}
+        found = {n.address for n in mesh.topology.nodes()} - {scenario.concentrator.address}
+        log.info("trial: formation %.0f s, %d nodes found of %d reachable", formation_s,
+                 len(found & reachable), len(reachable))
+
+        summary = None
+        if scenario.summary_meter is not None:
+            summary = SummaryMeter(district.summary_meter_link(), scenario.summary_meter.address)
+        tasks = [TRIAL_TASKS[n] for n in task_names]
+        bounds: dict[tuple[str, datetime], float] = {}
+
+        def on_round(rep: RoundReport) -> None:
+            t = (rep.start - scenario.start).total_seconds()
+            bounds[(rep.task, rep.opens)] = airtime_lower_bound(district, list(rep.results), t)
+
+        conc = max_concurrent or driver.max_concurrent
+        reader = Reader(mesh, store, clock, tasks, max_concurrent=conc, summary=summary,
+                        route_of=lambda a: _primary_relays(mesh, a),
+                        broadcaster=lambda b: driver.broadcast(b, control=2), on_round=on_round)
+        end_day = scenario.start.date() + timedelta(days=days - 1)
+        # Until the last round of the last day has closed.
+        until = max(closes for t in tasks for _, closes in t.windows_on(end_day)) \
+            + timedelta(minutes=5)
+        cpu_sched = time.process_time()
+        runner = asyncio.create_task(reader.run())
+        upkeep = asyncio.create_task(_maintain(mesh, MAINTAIN_PERIOD_S))
+        await asyncio.sleep(max(0.0, (until - clock.now()).total_seconds()))
+        for job in (runner, upkeep):
+            job.cancel()
+        await asyncio.gather(runner, upkeep, return_exceptions=True)
+        cpu_end = time.process_time()
+        result = _report(scenario, district, store, reader, bounds, formation_s, found,
+                         reachable, archive, conc)
+        result["cpu_s"] = {"formation": round(cpu_sched - cpu0, 2),
+                           "schedule": round(cpu_end - cpu_sched, 2)}
+        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return result
+    finally:
+        await driver.close()
+        await district.close()
+        store.close()
+
+
+def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Reader,
+            bounds: dict[tuple[str, datetime], float], formation_s: float, found: set[str],
+            reachable: set[str], archive: list[str], conc: int) -> dict[str, Any]:
+    rounds = []
+    for rep in reader.reports:
+        bound = bounds.get((rep.task, rep.opens), 0.0)
+        rounds.append({
+            "task": rep.task, "opens": rep.opens.isoformat(), "meters": rep.meters,
+            "first_rate": round(rep.first_rate, 5), "final_rate": round(rep.final_rate, 5),
+            "duration_s": round(rep.duration_s, 1), "first_pass_s": round(rep.first_pass_s, 1),
+            "passes": rep.passes,
+            "exchanges": rep.exchanges, "airtime_lower_bound_s": round(bound, 2),
+            "duration_over_bound": round(rep.duration_s / bound, 2) if bound else None,
+            "first_pass_over_bound": round(rep.first_pass_s / bound, 2) if bound else None,
+            "unread": dict(rep.unread), "summary_meter_read": rep.summary_ok})
+    daily = [r for r in reader.reports if r.kind == TaskKind.DAILY_FROZEN.value]
+    meters: dict[str, Any] = {}
+    if daily:
+        for m, r in sorted(daily[-1].results.items()):
+            meters[m] = {"route": list(r.route), "first": r.first_outcome,
+                         "first_attempt_ok": r.first_ok, "final": r.outcome,
+                         "attempts": r.attempts, "latency_s": round(r.latency_s, 2),
+                         "passes": r.passes}
+    losses = []
+    for rep in daily:
+        ll = rep.line_loss
+        if ll is None:
+            continue
+        t0 = (datetime.combine(ll.day, datetime.min.time()) - scenario.start).total_seconds()
+        truth = district.meterdata.line_loss(t0, t0 + 86400.0)
+        # The truth restricted to the meters the concentrator could count (both freezes read):
+        # says whether its figure is right for what it covers.
+        both = {r.meter for r in store.daily_for_date(ll.day)} & \
+            {r.meter for r in store.daily_for_date(ll.day + timedelta(days=1))}
+        md = district.meterdata
+        billed = 0.0
+        for m in both & {x.address for x in scenario.all_meters()}:
+            billed += float(md.energy(m, t0 + 86400.0)[0] - md.energy(m, t0)[0])
+            billed -= float(md.energy(m, t0 + 86400.0, True)[0] - md.energy(m, t0, True)[0])
+        supplied = truth["supplied_kwh"]
+        covered_pct = 100 * (supplied - billed) / supplied if supplied > 0 else None
+        losses.append({
+            "day": ll.day.isoformat(), "loss_pct": None if ll.loss_pct is None else float(ll.loss_pct),
+            "truth_pct": round(100 * truth["loss_rate"], 3),
+            "truth_pct_covered_meters": None if covered_pct is None else round(covered_pct, 3),
+            "summary_kwh": float(ll.summary_energy), "truth_supplied_kwh": round(truth["supplied_kwh"], 2),
+            "customers_kwh": float(ll.customer_energy), "truth_billed_kwh": round(truth["billed_kwh"], 2),
+            "meters_covered": ll.meters_covered, "meters_total": ll.meters_total})
+    return {
+        "scenario": scenario.name, "channel": scenario.channel, "seed": scenario.seed,
+        "max_concurrent": conc,
+        "formation": {"seconds": round(formation_s, 1), "nodes_found": len(found),
+                      "reachable": len(reachable), "reachable_found": len(found & reachable),
+                      "meters_in_archive": len(archive)},
+        "rounds": rounds, "meters": meters, "line_loss": losses,
+    }
+
+
+def run_trial(scenario: Scenario, *, days: int = 2, channel: str | None = None,
+              tasks: tuple[str, ...] = ("daily_frozen",), db_path: Path | None = None,
+              max_concurrent: int | None = None) -> dict[str, Any]:
+    """Run the trial in virtual time and return the JSON-ready result (see module docstring)."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    unknown = [t for t in tasks if t not in TRIAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TRIAL_TASKS)}")
+    if channel is not None:
+        scenario = dataclasses.replace(scenario, channel=channel)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = db_path or Path(tmp) / "trial.db"
+        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+            return runner.run(_trial(scenario, days, tuple(tasks), path, max_concurrent))
+
+
+def _print_summary(res: dict[str, Any]) -> None:
+    f = res["formation"]
+    click.echo(f"scenario {res['scenario']} ({res['channel']}, {res['max_concurrent']} concurrent)")
+    click.echo(f"formation: {f['seconds']:.0f} s, {f['reachable_found']}/{f['reachable']} reachable "
+               f"nodes found, {f['meters_in_archive']} meters in the archive")
+    for r in res["rounds"]:
+        ratio = (f", first pass {r['first_pass_over_bound']}x the airtime bound"
+                 if r["first_pass_over_bound"] else "")
+        click.echo(f"{r['task']} {r['opens']}: {r['meters']} meters, first {100 * r['first_rate']:.2f}%, "
+                   f"final {100 * r['final_rate']:.2f}%, {r['duration_s']:.0f} s "
+                   f"(first pass {r['first_pass_s']:.0f} s){ratio}, "
+                   f"{len(r['unread'])} unread")
+    for ll in res["line_loss"]:
+        click.echo(f"line loss {ll['day']}: {ll['loss_pct']}% (truth {ll['truth_pct']}%), "
+                   f"{ll['meters_covered']}/{ll['meters_total']} meters")
+
+
+@click.command("trial")
+@click.argument("scenario_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--days", type=click.IntRange(1, 62), default=2, show_default=True,
+              help="Days of schedule after formation.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the full result as JSON here.")
+@click.option("--channel", type=click.Choice(CHANNELS), default=None,
+              help="Override the scenario's local channel.")
+@click.option("--tasks", default="daily_frozen", show_default=True,
+              help=f"Comma-separated tasks: {', '.join(TRIAL_TASKS)}.")
+def trial_cmd(scenario_file: str, days: int, json_out: str | None, channel: str | None,
+              tasks: str) -> None:
+    """Run the concentrator against SCENARIO_FILE in virtual time: formation, then DAYS of reading."""
+    from simulator.scenario import ScenarioError, load
+
+    try:
+        scenario = load(scenario_file)
+    except (ScenarioError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        res = run_trial(scenario, days=days, channel=channel,
+                        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_summary(res)
+    if json_out:
+        Path(json_out).write_text(json.dumps(res, indent=1, sort_keys=True), encoding="utf-8")
+        click.echo(f"written {json_out}")
