@@ -40,10 +40,16 @@ class LoopClock:
     moves the wall clock (not the monotonic one) to test clock corrections.
     """
 
-    def __init__(self, start: datetime, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        start: datetime,
+        loop: asyncio.AbstractEventLoop | None = None,
+        t0: float | None = None,
+    ) -> None:
+        # ``t0``: the loop time at which the wall clock reads ``start`` (default: first use).
         self._loop = loop
         self._start = start
-        self._t0: float | None = None
+        self._t0: float | None = t0
         self._offset = timedelta(0)
 
     def _time(self) -> float:

@@ -147,6 +147,8 @@ class RoutePlanner:
         self.deep: set[str] = set()
         self._alt_cache: dict[str, tuple[int, list[Route]]] = {}
         self.version = 0
+        #: fewest hops from the root to each node through relays (None: to be recomputed)
+        self._hmin: dict[str, int] | None = None
 
     # --- graph edits (each returns the nodes whose primary route changed) -------------------
 
@@ -171,7 +173,10 @@ class RoutePlanner:
                 return []
             del self.adj[u][v]
             del self.adj[v][u]
+            self._hmin = None
         else:
+            if old is None:
+                self._hmin = None
             self.adj[u][v] = metric
             self.adj[v][u] = metric.mirrored()
         touched: set[str] = set()
@@ -196,6 +201,7 @@ class RoutePlanner:
 
     def put_edge(self, u: str, v: str, metric: HopMetric | None) -> None:
         """Set a hop without updating routes (bulk loading; call ``full_recompute`` after)."""
+        self._hmin = None
         self.adj.setdefault(u, {})
         self.adj.setdefault(v, {})
         if metric is None:
@@ -209,6 +215,7 @@ class RoutePlanner:
         if n not in self.adj or n == self.root:
             return []
         self.version += 1
+        self._hmin = None
         heap: list[tuple[float, str]] = []
         touched: set[str] = set()
         if n in self.dist:
@@ -237,6 +244,7 @@ class RoutePlanner:
                 self.relay_ok.add(n)
             return []
         self.version += 1
+        self._hmin = None
         heap: list[tuple[float, str]] = []
         touched: set[str] = set()
         if ok:
@@ -321,6 +329,25 @@ class RoutePlanner:
             if self._expandable(u):
                 for v, h in self.adj[u].items():
                     self._relax(u, v, h.cost, heap, touched)
+
+    def hop_floor(self) -> dict[str, int]:
+        """Fewest hops from the root to every node through relays (BFS, cached until an
+        edge appears/disappears or a relay changes status)."""
+        if self._hmin is None:
+            hmin = {self.root: 0}
+            frontier = [self.root]
+            while frontier:
+                nxt = []
+                for u in frontier:
+                    if not self._expandable(u):
+                        continue
+                    for v in self.adj[u]:
+                        if v not in hmin:
+                            hmin[v] = hmin[u] + 1
+                            nxt.append(v)
+                frontier = nxt
+            self._hmin = hmin
+        return self._hmin
 
     def spt_path(self, n: str) -> tuple[str, ...] | None:
         if n not in self.dist:
@@ -489,6 +516,7 @@ class RoutePlanner:
         pen = self.cfg.share_penalty
         dist = self.dist
         root = self.root
+        hmin = self.hop_floor() if max_hops is not None else None
         labels: list[tuple[str, int]] = []  # (node, previous label index)
         settled: dict[str, list[tuple[int, float]]] = {}
         heap = [(dist[target], 0.0, 0, target, -1)]
@@ -518,7 +546,8 @@ class RoutePlanner:
                 if m != root:
                     if m not in self.relay_ok or m in ban:
                         continue
-                    if max_hops is not None and nh >= max_hops:
+                    # m still needs hmin[m] hops to the root: prune what cannot make it
+                    if hmin is not None and nh + hmin.get(m, 99) > max_hops:
                         continue
                 if ban_h and frozenset((node, m)) in ban_h:
                     continue

@@ -692,8 +692,9 @@ class ModuleRunInfo:
 
     @property
     def max_concurrent(self) -> int:
-        """AFN13 requests the module takes at once: 5 for broadband (HPLC default), else 1."""
-        return 5 if self.module_kind == 2 else 1
+        """AFN13 requests the module takes at once: 5 for broadband PLC and micro-power wireless
+        (the HPLC CCO default, HiSilicon ``MRS_PARALLEL_NUM_DEFAULT``), 1 for narrowband PLC."""
+        return 5 if self.module_kind in (2, 3) else 1
 
     def encode(self) -> bytes:
         if len(self.mode) != 6:

@@ -71,13 +71,21 @@ _REQ_BYTES = len(dlt645.encode(dlt645.read_request("000000000001", 0x05060101)))
 _REPLY_BYTES = len(dlt645.encode(dlt645.read_reply("000000000001", 0x05060101, bytes(20))))
 
 
-def airtime_lower_bound(district: SimDistrict, meters: list[str], t: float) -> float:
+def airtime_lower_bound(district: SimDistrict, meters: list[str], t: float,
+                        routes: dict[str, tuple[str, ...]] | None = None) -> float:
     """Seconds of airtime for one request and one reply per meter along the truth's shortest
     usable path at scenario time ``t`` (meters with no usable path are left out)."""
-    routes = district.routes(t)
+    routes = district.routes(t) if routes is None else routes
     ch = district.channel
     per_hop = ch.airtime(_REQ_BYTES) + ch.airtime(_REPLY_BYTES)
     return sum((len(routes[m]) + 1) * per_hop for m in meters if m in routes)
+
+
+def _reachable(district: SimDistrict, meters: list[str], t: float,
+               routes: dict[str, tuple[str, ...]]) -> set[str]:
+    """Meters installed at ``t`` with a usable path in the truth."""
+    md = district.meterdata
+    return {m for m in meters if m in routes and md.present(m, t)}
 
 
 def _make_mesh(driver: ModuleDriver, root: str, clock: Any, store: Store) -> Mesh:
@@ -153,11 +161,14 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
         if scenario.summary_meter is not None:
             summary = SummaryMeter(district.summary_meter_link(), scenario.summary_meter.address)
         tasks = [TRIAL_TASKS[n] for n in task_names]
-        bounds: dict[tuple[str, datetime], float] = {}
+        bounds: dict[tuple[str, datetime], tuple[float, set[str]]] = {}
 
         def on_round(rep: RoundReport) -> None:
-            t = (rep.start - scenario.start).total_seconds()
-            bounds[(rep.task, rep.opens)] = airtime_lower_bound(district, list(rep.results), t)
+            t = (rep.end - scenario.start).total_seconds()
+            routes = district.routes(t)
+            meters = list(rep.results)
+            bounds[(rep.task, rep.opens)] = (airtime_lower_bound(district, meters, t, routes),
+                                             _reachable(district, meters, t, routes))
 
         conc = max_concurrent or driver.max_concurrent
         reader = Reader(mesh, store, clock, tasks, max_concurrent=conc, summary=summary,
@@ -188,11 +199,13 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
 
 
 def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Reader,
-            bounds: dict[tuple[str, datetime], float], formation_s: float, found: set[str],
+            bounds: dict[tuple[str, datetime], tuple[float, set[str]]], formation_s: float,
+            found: set[str],
             reachable: set[str], archive: list[str], conc: int) -> dict[str, Any]:
     rounds = []
     for rep in reader.reports:
-        bound = bounds.get((rep.task, rep.opens), 0.0)
+        bound, reach = bounds.get((rep.task, rep.opens), (0.0, set()))
+        reach_ok = sum(1 for m in reach if rep.results[m].ok)
         rounds.append({
             "task": rep.task, "opens": rep.opens.isoformat(), "meters": rep.meters,
             "first_rate": round(rep.first_rate, 5), "final_rate": round(rep.final_rate, 5),
@@ -201,6 +214,8 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
             "exchanges": rep.exchanges, "airtime_lower_bound_s": round(bound, 2),
             "duration_over_bound": round(rep.duration_s / bound, 2) if bound else None,
             "first_pass_over_bound": round(rep.first_pass_s / bound, 2) if bound else None,
+            "reachable_at_end": len(reach),
+            "final_rate_reachable": round(reach_ok / len(reach), 5) if reach else None,
             "unread": dict(rep.unread), "summary_meter_read": rep.summary_ok})
     daily = [r for r in reader.reports if r.kind == TaskKind.DAILY_FROZEN.value]
     meters: dict[str, Any] = {}

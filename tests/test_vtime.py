@@ -63,3 +63,27 @@ def test_loop_clock_follows_virtual_time_and_jumps():
     assert first == start
     assert later == start + timedelta(minutes=5)
     assert jumped == start + timedelta(days=1, minutes=5)
+
+
+def test_scaled_loop_runs_faster_than_real_time_and_processes_agree():
+    from concentrator.timescale import ScaledTimeLoop
+
+    epoch = time.time()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.sleep(30)  # 30 scaled seconds = 0.1 s real at factor 300
+        return loop.time() - t0
+
+    wall = time.monotonic()
+    with asyncio.Runner(loop_factory=lambda: ScaledTimeLoop(epoch, 300.0)) as runner:
+        elapsed = runner.run(main())
+    real = time.monotonic() - wall
+    assert elapsed >= 30
+    assert real < 1.0
+    other = ScaledTimeLoop(epoch, 300.0)
+    try:
+        assert abs(other.time() - (time.time() - epoch) * 300.0) < 1.0
+    finally:
+        other.close()
