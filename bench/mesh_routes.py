@@ -2,9 +2,9 @@
 
 The district: 2,040 meters uniform in a disc with the concentrator at the centre (a
 transformer in the middle of its district, field-figures.md §1.1 "2040 in the STATIC_MASTER
-build"), each hearing ~20 neighbours. The true delivery probability of a link falls off with
-distance with a cliff (PLC links are good or bad) plus a per-link random offset and ±5 %
-up/down asymmetry. Links are learned as the engine would: a search report's quality (true p
+build"), each hearing ~30 neighbours. The true delivery probability of a link falls off with
+distance with a cliff (PLC links are good or bad), a ceiling of 0.98 (impulsive noise and
+collisions cost every hop something), a per-link random offset and ±5 % up/down asymmetry. Links are learned as the engine would: a search report's quality (true p
 mapped to 0..15 with ±1 noise) then ``DRAWS`` Bernoulli draws per direction.
 
 Figures:
@@ -16,7 +16,7 @@ Figures:
   with learned estimates and with exact estimates (which isolates the cost function);
 * incremental == full: routes after the timed changes equal those of a fresh full recompute.
 
-Run: .venv/bin/python bench/mesh_routes.py   (writes bench/mesh_routes.json)
+Run: .venv/bin/python bench/mesh_routes.py [deep_share]   (writes bench/mesh_routes.json)
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.links import LinkEstimate  # noqa: E402
+from mesh.routes import RouteConfig  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 
 N = 2040
-NEIGHBOURS = 20
+NEIGHBOURS = 30
 DRAWS = 40
 SEED = 7
 ROOT = "000000000001"
@@ -70,11 +71,12 @@ def district(seed: int = SEED):
                     d = math.hypot(x - pts[j][0], y - pts[j][1])
                     if d > radius:
                         continue
-                    # cliff at 70 % of the radius, per-link offset: some short links are bad
-                    base = 1.0 / (1.0 + math.exp((d / radius - 0.7) / 0.08))
-                    base = min(0.995, max(0.0, base - abs(rnd.gauss(0, 0.05))))
+                    # cliff at 80 % of the radius, per-link offset: some short links are bad
+                    # ceiling 0.98: impulsive noise and collisions cost every hop something
+                    base = 0.98 / (1.0 + math.exp((d / radius - 0.8) / 0.03))
+                    base = max(0.0, base - abs(rnd.gauss(0, 0.03)))
                     for a, b in ((i, j), (j, i)):
-                        p = min(0.999, max(0.0, base * (1 + rnd.uniform(-0.05, 0.05))))
+                        p = min(0.99, max(0.0, base * (1 + rnd.uniform(-0.05, 0.05))))
                         if p > 0.02:
                             true_p[(names[a], names[b])] = p
     return names, true_p
@@ -87,9 +89,12 @@ def quality_of(p: float, rnd: random.Random) -> int:
     return int(min(15, max(0, round(q + rnd.choice((-1, 0, 0, 1))))))
 
 
+DEEP_SHARE = float(sys.argv[1]) if len(sys.argv) > 1 else RouteConfig().deep_share
+
+
 def build(names, true_p, exact: bool, seed: int = SEED) -> Topology:
     rnd = random.Random(seed + 1)
-    topo = Topology(ROOT)
+    topo = Topology(ROOT, route_cfg=RouteConfig(deep_share=DEEP_SHARE))
     for n in names[1:]:
         topo.add_node(n, status="approved")
     # Bulk load without per-change recompute: fill estimates, then one full recompute.
@@ -117,14 +122,16 @@ def best_true(names, true_p, max_hops: int) -> dict[str, float]:
     best = {ROOT: 0.0}
     frontier = {ROOT: 0.0}
     for _ in range(max_hops):
+        # round k extends only paths of k-1 hops (values from the previous round)
         nxt: dict[str, float] = {}
         for u, du in frontier.items():
             for v, c in w.get(u, ()):
-                if v != ROOT and du + c < best.get(v, math.inf) - 1e-15:
-                    best[v] = du + c
+                if v != ROOT and du + c < min(best.get(v, math.inf), nxt.get(v, math.inf)):
                     nxt[v] = du + c
-        # relays only forward what they received: every node here is approved
-        frontier = nxt
+        for v, d in nxt.items():
+            if d < best.get(v, math.inf):
+                best[v] = d
+        frontier = {v: d for v, d in nxt.items() if d <= best[v]}
     return {n: math.exp(-d) for n, d in best.items()}
 
 
@@ -173,7 +180,7 @@ def main() -> dict:
     names, true_p = district()
     rnd = random.Random(SEED + 2)
     deg = len(true_p) / len(names)
-    results: dict = {"nodes": N, "directed_links": len(true_p), "mean_out_degree": round(deg, 1)}
+    results: dict = {"deep_share": DEEP_SHARE, "nodes": N, "directed_links": len(true_p), "mean_out_degree": round(deg, 1)}
 
     topo = build(names, true_p, exact=False)
     fulls = []
@@ -185,7 +192,8 @@ def main() -> dict:
     results["quality_learned"] = quality(topo, names, true_p)
 
     # One link change at a time: an exchange outcome on a link some primary route uses.
-    routed = [(a, b) for a, b in true_p if (a, b) in _route_hops(topo)]
+    hops = _route_hops(topo)
+    routed = [(a, b) for a, b in true_p if (a, b) in hops]
     change_times = []
     t = 1000.0
     for _ in range(200):
@@ -217,7 +225,7 @@ def main() -> dict:
 
     # Incremental == full after all those changes.
     before = {n: topo.planner.primary_path(n) for n in names[1:]}
-    topo.full_recompute()
+    topo.full_recompute(retune=False)
     after = {n: topo.planner.primary_path(n) for n in names[1:]}
     results["incremental_equals_full"] = before == after
 

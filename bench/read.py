@@ -5,8 +5,8 @@ For generated 1,000- and 2,040-meter ``street`` districts on npl and hplc, the t
 simulated district, virtual time) forms the network from an empty archive and runs one day of
 the daily frozen task. Figures per case:
 
-* first-attempt and final success rate of the round (final over the meters found, i.e. the
-  reachable ones in the archive);
+* first-attempt (read in the first pass), no-retry (first pass, every exchange on its first
+  route) and final success rate of the round (final over the meters found at formation);
 * round duration (simulated seconds: until every meter is read or the window closes) and the
   first pass's duration (every meter tried once) with its ratio to the airtime lower bound (one
   request and one reply per meter along the truth's shortest usable path, see
@@ -69,6 +69,7 @@ def run_case(meters: int, channel: str, seed: int = 1) -> dict:
         out.update({
             "first_rate": rnd["first_rate"], "final_rate": rnd["final_rate"],
             "final_rate_reachable": rnd["final_rate_reachable"],
+            "no_retry_rate": rnd["no_retry_rate"],
             "round_s": rnd["duration_s"], "first_pass_s": rnd["first_pass_s"],
             "lower_bound_s": rnd["airtime_lower_bound_s"],
             "first_pass_over_bound": rnd["first_pass_over_bound"],
@@ -143,7 +144,8 @@ def main() -> None:
             continue
         print(f"{n:5d} {ch:5s} formation {r['formation_s']:7.0f} s found {r['found']:>9s} | "
               f"first {100 * r.get('first_rate', 0):6.2f}% final {100 * r.get('final_rate', 0):6.2f}% "
-              f"(of reachable {100 * (r.get('final_rate_reachable') or 0):6.2f}%) "
+              f"(of reachable {100 * (r.get('final_rate_reachable') or 0):6.2f}%, "
+              f"no retry {100 * r.get('no_retry_rate', 0):6.2f}%) "
               f"round {r.get('round_s', 0):7.0f} s, first pass {r.get('first_pass_s', 0):.0f} s "
               f"= {r.get('first_pass_over_bound')}x bound "
               f"({r.get('lower_bound_s')} s) | cpu/1000 {r.get('cpu_per_1000_reads_with_sim')} s "

@@ -24,9 +24,10 @@ meter's or another item's reply); ``meter_error`` (an error reply other than "no
 (the meter does not have the item, e.g. DL/T 645-1997 freeze records or status word 3 — not
 retried and not counted in the success rates); ``window_closed``; ``store_error``.
 
-One meter's read (``ReadRecord``) counts every transmission of every exchange the task needs
-(``attempts``) and the whole time they took (``latency_s``); it was a *first-attempt success*
-when no exchange needed a second transmission.
+One meter's read (``ReadRecord``) counts the routes tried over every exchange the task needs
+(``attempts``: the mesh tries alternates at once) and the whole time they took (``latency_s``).
+A meter is a *first-attempt success* when it was read in the round's first pass (the usual
+"first read success rate"); ``no_retry`` is stricter: no exchange needed a second route.
 
 The reader talks to anything with ``await exchange(address, dlt645_bytes, *, priority)`` that
 returns the mesh's ``ExchangeOutcome`` (or this module's ``Exchanged``): the daemon passes the
@@ -188,7 +189,8 @@ class MeterResult:
     meter: str
     ok: bool
     outcome: str  # final: OK or why it was not read
-    first_ok: bool  # read on the first pass with no retransmission
+    first_ok: bool  # read in the first pass (the mesh may have tried alternate routes)
+    no_retry: bool  # read in the first pass with every exchange on its first route
     first_outcome: str
     attempts: int  # transmissions over all passes
     latency_s: float  # time of the last pass's read
@@ -210,8 +212,9 @@ class RoundReport:
     duration_s: float  # monotonic seconds from the first read to the last (make-ups included)
     first_pass_s: float  # monotonic seconds of the first pass over all meters
     meters: int  # meters the round had to read (applicable ones)
-    first_rate: float
+    first_rate: float  # share read in the first pass ("first-attempt success")
     final_rate: float
+    no_retry_rate: float  # share read in the first pass with no alternate route needed
     unread: Mapping[str, str]
     results: Mapping[str, MeterResult]
     passes: int
@@ -494,6 +497,7 @@ class Reader:
         applicable = [r for r in results.values() if r.applicable]
         n = len(applicable)
         first = sum(r.first_ok for r in applicable)
+        no_retry = sum(r.no_retry for r in applicable)
         final = sum(r.ok for r in applicable)
         unread = {r.meter: r.outcome for r in applicable if not r.ok}
         end_wall = self.clock.now()
@@ -501,6 +505,7 @@ class Reader:
             task=task.name, kind=task.kind.value, opens=opens, closes=closes, start=start_wall,
             end=end_wall, duration_s=duration, first_pass_s=first_pass, meters=n,
             first_rate=first / n if n else 1.0, final_rate=final / n if n else 1.0,
+            no_retry_rate=no_retry / n if n else 1.0,
             unread=unread, results=results, passes=passes, exchanges=exchanges,
             skipped=skipped, summary_ok=summary_ok, line_loss=ll)
         try:
@@ -561,7 +566,8 @@ class Reader:
         prev = results.get(job.meter)
         results[job.meter] = MeterResult(
             meter=job.meter, ok=job.ok, outcome=job.status if not job.detail
-            else f"{job.status}:{job.detail}", first_ok=prev.first_ok if prev else job.first_try,
+            else f"{job.status}:{job.detail}", first_ok=prev.first_ok if prev else job.ok,
+            no_retry=prev.no_retry if prev else job.first_try,
             first_outcome=prev.first_outcome if prev else job.status,
             attempts=(prev.attempts if prev else 0) + job.attempts, latency_s=job.latency_s,
             route=job.route, passes=(prev.passes if prev else 0) + 1, applicable=job.applicable)
@@ -583,8 +589,8 @@ class Reader:
                     r = results.get(meter)
                     if r is not None and r.ok:
                         results[meter] = MeterResult(
-                            r.meter, False, STORE_ERROR, False, r.first_outcome, r.attempts,
-                            r.latency_s, r.route, r.passes, r.applicable)
+                            r.meter, False, STORE_ERROR, False, False, r.first_outcome,
+                            r.attempts, r.latency_s, r.route, r.passes, r.applicable)
 
     def _apply(self, kind: str, obj: Any) -> None:
         s = self.store
@@ -680,9 +686,12 @@ class Reader:
         if meter not in ctx.missing or self.store.daily(meter, day) is None:
             got = await self._read_freeze(job, meter, 1, day, via, ctx.task.reverse)
             last = job.extra.get("last_freeze")
-            if not got and last is not None and (day - last.date()).days >= 2:
-                # The meter's clock is days behind: it will not freeze today. Its real-time
-                # registers stand in (flagged), as for a meter without freeze records.
+            last_pass = self.clock.now() + timedelta(seconds=ctx.task.retry_pause_s) >= ctx.closes
+            if not got and last is not None and last.date() < day and (
+                    (day - last.date()).days >= 2 or last_pass):
+                # The meter's clock is far behind: it will not have frozen today before the
+                # window closes. Its real-time registers stand in (flagged), as for a meter
+                # without freeze records, and the clock fault becomes an event.
                 return await self._daily_from_realtime(job, ctx, meter, last, via)
             if not got:
                 return job

@@ -65,6 +65,9 @@ class RouteConfig:
     max_load: int = 128
     #: extra cost a relieved route may have over the best route (0.3 s ~ 2 % probability)
     relief_margin: float = 0.3
+    #: share of nodes allowed deeper than max_relays in the tree before a per-hop surcharge
+    #: is added (those nodes get an exact but slower hop-bounded search on every change)
+    deep_share: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_relays <= MAX_RELAY_LEVEL:
@@ -147,6 +150,9 @@ class RoutePlanner:
         self.deep: set[str] = set()
         self._alt_cache: dict[str, tuple[int, list[Route]]] = {}
         self.version = 0
+        #: per-hop surcharge (a Lagrange multiplier for the relay limit), tuned by
+        #: ``full_recompute`` so that SPT paths fit ``max_relays``; kept fixed in between
+        self.hop_surcharge = 0.0
         #: fewest hops from the root to each node through relays (None: to be recomputed)
         self._hmin: dict[str, int] | None = None
 
@@ -261,16 +267,56 @@ class RoutePlanner:
         self._run(heap, touched)
         return self._refresh(touched)
 
-    def full_recompute(self) -> list[str]:
-        """Rebuild the tree from scratch; returns nodes whose primary route changed."""
+    def full_recompute(self, retune: bool = True) -> list[str]:
+        """Rebuild the tree from scratch; returns nodes whose primary route changed.
+
+        With ``retune`` the per-hop surcharge is re-chosen: 0 when the cheapest paths fit the
+        relay limit, else the smallest surcharge (binary search) that leaves at most
+        ``deep_share`` of the nodes deeper than ``max_relays`` (those get an exact hop-bounded
+        search). This
+        keeps reliability first and only trades it for depth where the limit binds.
+        """
         self.version += 1
+        if retune:
+            self.hop_surcharge = 0.0
+            self._dijkstra_all()
+            tol = max(1, int(len(self.adj) * self.cfg.deep_share))
+            if self._deep_count() > tol:
+                lo, hi = 0.0, self.cfg.fail_cost
+                for _ in range(10):
+                    mid = (lo + hi) / 2
+                    self.hop_surcharge = mid
+                    self._dijkstra_all()
+                    if self._deep_count() > tol:
+                        lo = mid
+                    else:
+                        hi = mid
+                self.hop_surcharge = hi
+                log.info("mesh: per-hop surcharge %.3f keeps routes within %d relays",
+                         hi, self.cfg.max_relays)
+        self._dijkstra_all()
+        return self._refresh(set(self.adj) | set(self.published), full=True)
+
+    def _dijkstra_all(self) -> None:
         self.dist = {self.root: 0.0}
         self.parent = {self.root: None}
         self.children = {}
-        heap = [(0.0, self.root)]
-        touched: set[str] = set()
-        self._run(heap, touched)
-        return self._refresh(set(self.adj) | set(self.published), full=True)
+        self._run([(0.0, self.root)], set())
+
+    def _deep_count(self) -> int:
+        """Nodes deeper than the limit in the SPT that *could* be reached within it."""
+        hmin = self.hop_floor()
+        limit = self.cfg.max_hops
+        depth = {self.root: 0}
+        stack = [self.root]
+        deep = 0
+        while stack:
+            u = stack.pop()
+            for c in self.children.get(u, ()):
+                depth[c] = depth[u] + 1
+                deep += depth[c] > limit and hmin.get(c, 99) <= limit
+                stack.append(c)
+        return deep
 
     # --- the dynamic SPT ---------------------------------------------------------------------
 
@@ -295,7 +341,7 @@ class RoutePlanner:
     def _relax(self, u: str, v: str, c: float, heap: list, touched: set[str]) -> None:
         if v == self.root:
             return
-        nd = self.dist[u] + c
+        nd = self.dist[u] + c + self.hop_surcharge
         cur = self.dist.get(v)
         if cur is None or nd < cur or (nd == cur and u < (self.parent.get(v) or "")):
             if self.parent.get(v) != u or cur != nd:
@@ -509,6 +555,8 @@ class RoutePlanner:
         """
         if target not in self.adj or target not in self.dist or target == self.root:
             return None
+        if max_hops is not None and self.hop_floor().get(target, 99) > max_hops:
+            return None  # out of reach within the relay limit
         avoid_n = set(avoid_nodes)
         avoid_h = {frozenset(h) for h in avoid_hops}
         ban = set(banned)
@@ -551,7 +599,7 @@ class RoutePlanner:
                         continue
                 if ban_h and frozenset((node, m)) in ban_h:
                     continue
-                ng = g + h.cost
+                ng = g + h.cost + self.hop_surcharge
                 if m in avoid_n and m != root:
                     ng += pen
                 if avoid_h and frozenset((node, m)) in avoid_h:

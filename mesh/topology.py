@@ -537,12 +537,13 @@ class Topology:
         unknown or unusable."""
         return self.planner.make_route(tuple(path), "explicit")
 
-    def full_recompute(self) -> None:
-        """Rebuild every route from scratch (after a restore or a bulk change)."""
+    def full_recompute(self, retune: bool = True) -> None:
+        """Rebuild every route from scratch (after a restore or a bulk change); ``retune``
+        re-chooses the per-hop surcharge that keeps routes within the relay limit."""
         for u, v in list(self.graph.edges()):
             if u < v or not self.graph.has_edge(v, u):
                 self.planner.put_edge(u, v, self.hop_metric(u, v))
-        self._emit_routes(self.planner.full_recompute())
+        self._emit_routes(self.planner.full_recompute(retune))
 
     def refresh(self, t: float) -> None:
         """Let evidence fade up to ``t`` on every link, then recompute all routes."""

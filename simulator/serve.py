@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import termios
 import tty
 from collections.abc import Callable
@@ -128,12 +129,14 @@ def open_pty(baud: int = 9600, parity: str = "E") -> PtyLink:
 
 async def serve(scenario: Scenario, seed: int | None = None, *, start: datetime | None = None,
                 ready: Callable[[str, str | None], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, loop_time: float | None = None) -> None:
     """Run the module and the summary meter on ptys until ``stop`` is set (or cancelled).
 
-    ``ready(module_path, summary_path)`` is called once both ptys are open.
+    ``ready(module_path, summary_path)`` is called once both ptys are open. ``loop_time``: the
+    loop time at which the district reads ``start`` (default: now); accelerated runs pass 0 so
+    that the daemon and the simulator, sharing an epoch, agree on the wall time.
     """
-    district = SimDistrict(scenario, seed, start=start)
+    district = SimDistrict(scenario, seed, start=start, loop_time=loop_time)
     module_pty = open_pty(9600, "E")
     summary_pty = open_pty(2400, "E") if scenario.summary_meter is not None else None
     try:
@@ -153,8 +156,14 @@ async def serve(scenario: Scenario, seed: int | None = None, *, start: datetime 
 
 
 def run_serve(scenario: Scenario, seed: int | None = None, *, start: datetime | None = None,
-              echo: Callable[[str], None] = print) -> None:
-    """Blocking entry of the CLI: print the pty paths, serve until SIGINT/SIGTERM."""
+              echo: Callable[[str], None] = print, time_factor: float = 1.0,
+              epoch: float | None = None) -> None:
+    """Blocking entry of the CLI: print the pty paths, serve until SIGINT/SIGTERM.
+
+    ``time_factor``/``epoch``: run in accelerated time (``concentrator.timescale``), in step with
+    a daemon started with the same epoch and factor.
+    """
+    from concentrator.timescale import loop_factory
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -165,11 +174,14 @@ def run_serve(scenario: Scenario, seed: int | None = None, *, start: datetime | 
         def ready(module: str, summary: str | None) -> None:
             echo(f"module: {module} (9600 8E1)")
             echo(f"summary meter: {summary} (2400 8E1)" if summary else "summary meter: none in scenario")
-            echo("running in real time; Ctrl-C stops")
+            pace = "real time" if time_factor == 1.0 else f"{time_factor:g}x real time"
+            echo(f"running in {pace}; Ctrl-C stops")
 
-        await serve(scenario, seed, start=start, ready=ready, stop=stop)
+        await serve(scenario, seed, start=start, ready=ready, stop=stop,
+                    loop_time=None if epoch is None else 0.0)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory(epoch, time_factor)) as runner:
+        runner.run(main())
 
 
 @click.command("serve")
@@ -177,7 +189,12 @@ def run_serve(scenario: Scenario, seed: int | None = None, *, start: datetime | 
 @click.option("--seed", type=int, default=None, help="Seed (default: the scenario's).")
 @click.option("--start", "start", default=None,
               help="Wall time of the district at launch (ISO; default the scenario start).")
-def serve_cmd(scenario: str, seed: int | None, start: str | None) -> None:
+@click.option("--time-factor", type=float, default=1.0, show_default=True,
+              help="Run this many times faster than real time.")
+@click.option("--epoch", type=float, default=None,
+              help="Unix time at which the district reads --start (share it with the daemon).")
+def serve_cmd(scenario: str, seed: int | None, start: str | None, time_factor: float,
+              epoch: float | None) -> None:
     """Run the module (9600 8E1) and the summary meter (2400 8E1) on ptys, in real time."""
     from simulator.scenario import ScenarioError, load
 
@@ -189,4 +206,5 @@ def serve_cmd(scenario: str, seed: int | None, start: str | None) -> None:
         when = datetime.fromisoformat(start) if start else None
     except ValueError as exc:
         raise click.BadParameter(f"{start!r} is not an ISO datetime", param_hint="--start") from exc
-    run_serve(sc, seed, start=when, echo=lambda s: click.echo(s))
+    run_serve(sc, seed, start=when, echo=lambda s: click.echo(s, nl=True) or sys.stdout.flush(),
+              time_factor=time_factor, epoch=epoch)

@@ -7,7 +7,8 @@
 
 1. formation, from the scenario's start: the mesh discovers the district from nothing; the
    nodes it found become the reading archive (``source = "discovered"``);
-2. N days of schedule (daily frozen from 00:05 by default, plus the other tasks asked for).
+2. N days of schedule (daily frozen from 00:05 by default, plus the other tasks asked for),
+   starting with the first day whose daily window is still open when formation ends.
 
 The result (printed as a summary by the ``trial`` command and written as JSON) holds the
 formation time and the nodes found against the truth; per meter its route, first-attempt and
@@ -174,7 +175,11 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
         reader = Reader(mesh, store, clock, tasks, max_concurrent=conc, summary=summary,
                         route_of=lambda a: _primary_relays(mesh, a),
                         broadcaster=lambda b: driver.broadcast(b, control=2), on_round=on_round)
-        end_day = scenario.start.date() + timedelta(days=days - 1)
+        # Day 1 of the schedule is the first day whose first task's window has not closed
+        # when formation ends (a slow npl formation moves it to the next day).
+        now = clock.now()
+        win = tasks[0].window_at(now) or tasks[0].next_window(now)
+        end_day = win[0].date() + timedelta(days=days - 1)
         # Until the last round of the last day has closed.
         until = max(closes for t in tasks for _, closes in t.windows_on(end_day)) \
             + timedelta(minutes=5)
@@ -209,6 +214,7 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
         rounds.append({
             "task": rep.task, "opens": rep.opens.isoformat(), "meters": rep.meters,
             "first_rate": round(rep.first_rate, 5), "final_rate": round(rep.final_rate, 5),
+            "no_retry_rate": round(rep.no_retry_rate, 5),
             "duration_s": round(rep.duration_s, 1), "first_pass_s": round(rep.first_pass_s, 1),
             "passes": rep.passes,
             "exchanges": rep.exchanges, "airtime_lower_bound_s": round(bound, 2),
@@ -222,7 +228,8 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
     if daily:
         for m, r in sorted(daily[-1].results.items()):
             meters[m] = {"route": list(r.route), "first": r.first_outcome,
-                         "first_attempt_ok": r.first_ok, "final": r.outcome,
+                         "first_attempt_ok": r.first_ok, "no_retry": r.no_retry,
+                         "final": r.outcome,
                          "attempts": r.attempts, "latency_s": round(r.latency_s, 2),
                          "passes": r.passes}
     losses = []
@@ -290,8 +297,9 @@ def _print_summary(res: dict[str, Any]) -> None:
                    f"(first pass {r['first_pass_s']:.0f} s){ratio}, "
                    f"{len(r['unread'])} unread")
     for ll in res["line_loss"]:
-        click.echo(f"line loss {ll['day']}: {ll['loss_pct']}% (truth {ll['truth_pct']}%), "
-                   f"{ll['meters_covered']}/{ll['meters_total']} meters")
+        click.echo(f"line loss {ll['day']}: {ll['loss_pct']}% over {ll['meters_covered']}/"
+                   f"{ll['meters_total']} meters (truth {ll['truth_pct_covered_meters']}% over the "
+                   f"same meters, {ll['truth_pct']}% over all)")
 
 
 @click.command("trial")

@@ -261,6 +261,31 @@ def test_a_meter_whose_clock_is_days_behind_gets_its_realtime_registers_and_an_e
     assert store.daily(meters[0], DAY1).flags == 0
 
 
+def test_a_meter_hours_behind_is_retried_then_stood_in_for_before_the_window_closes(tmp_path):
+    late = addr(3)
+
+    class LateMesh(FakeMesh):
+        def value(self, address, di):
+            if address == late and di == 0x05060001:
+                return datetime(2024, 2, 29, 0, 0)  # will not pass midnight before 06:00
+            return super().value(address, di)
+
+    async def main():
+        clock = LoopClock(datetime(2024, 3, 1, 0, 0))
+        clock.now()
+        store = make_store(tmp_path, clock, [late])
+        mesh = LateMesh(clock, [late])
+        reader = Reader(mesh, store, clock, [DAILY])
+        await run_schedule(reader, datetime(2024, 3, 1, 7, 0))
+        return store, reader, mesh
+
+    store, reader, mesh = run(main())
+    r = reader.reports[0].results[late]
+    assert r.ok and not r.first_ok and r.passes > 10
+    got = store.daily(late, DAY1)
+    assert got.flags & 0x01 and got.read_time >= datetime(2024, 3, 1, 5, 50)
+
+
 def test_reads_are_ordered_so_consecutive_reads_use_different_subtrees():
     routes = {"000000000001": (), "000000000002": ("000000000010",),
               "000000000003": ("000000000010", "000000000011"), "000000000004": ("000000000020",),

@@ -1,0 +1,216 @@
+"""Issue 4 figures for the mesh engine, in virtual time against the simulated district.
+
+For each generated district (layout, meters, channel): formation time from an empty archive
+until every node found has a route, share of the truly reachable nodes found, frames per node
+found; route quality (share of nodes whose primary route's true delivery probability is within
+2 % of the best true route); repair after 5 % of the relays die (simulated seconds until every
+affected node is read again, reads lost); first-read success after a restart from the saved
+state with no discovery. Then route computation wall time for a 2,040-node topology (full
+recompute, one link change). Prints the figures and writes ``bench/mesh.json``.
+
+    .venv/bin/python bench/mesh.py --quick     # 200 meters, street, hplc + npl
+    .venv/bin/python bench/mesh.py             # 200 / 1,000 / 2,040, street + feeder
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sqlite_utils  # noqa: E402
+
+from concentrator import dlt645  # noqa: E402
+from mesh.engine import Mesh  # noqa: E402
+from mesh.links import LinkEstimate, quality_prior  # noqa: E402
+from mesh.topology import Topology  # noqa: E402
+from plc_driver.driver import ModuleDriver  # noqa: E402
+from simulator.channel import REF_FRAME_BYTES  # noqa: E402
+from simulator.district import SimDistrict  # noqa: E402
+from simulator.generate import generate  # noqa: E402
+from simulator.module import COMM_MODE  # noqa: E402
+from simulator.vtime import VirtualTimeLoop  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def _request(sc, address: str) -> bytes:
+    if sc.meter(address).protocol == "dlt645-1997":
+        return dlt645.encode(dlt645.read_request_1997(address, 0x9010))
+    return dlt645.encode(dlt645.read_request(address, 0x00010000))
+
+
+def _true_p(d: SimDistrict, path: tuple[str, ...], t: float) -> float:
+    p = 1.0
+    for a, b in zip(path, path[1:], strict=False):
+        p *= d.channel.p_success(a, b, REF_FRAME_BYTES, t) * d.channel.p_success(b, a, REF_FRAME_BYTES, t)
+    return p
+
+
+async def _district(meters: int, layout: str, channel: str, db_path: Path) -> dict:
+    sc = generate(meters, layout, seed=1, channel=channel, events=False)
+    d = SimDistrict(sc)
+    driver = ModuleDriver(d.module_link(), comm_mode=COMM_MODE[channel], clock=d.clock)
+    await driver.start()
+    loop = asyncio.get_running_loop()
+    t_start = d.now()
+    truth = d.truth(registers=False)
+    reach = {n["address"] for n in truth["nodes"]
+             if n["hops"] and n["collector"] is None and n["kind"] != "concentrator"}
+    db = sqlite_utils.Database(db_path, recreate=True)
+    mesh = Mesh(driver, Topology(sc.concentrator.address), clock=d.clock, db=db)
+    done = await mesh.discover()
+    topo = mesh.topology
+    found = {a for a in reach if a in topo and topo.primary(a) is not None}
+    frames = mesh.stats.searches + mesh.stats.reads
+    # Route quality against the truth's best route (fewest hops, best product).
+    t = d.now()
+    best = d.routes(t)
+    good = 0
+    rated = 0
+    for a in found:
+        if a not in best:
+            continue
+        rated += 1
+        ours = _true_p(d, topo.primary(a).path, t)
+        theirs = _true_p(d, (sc.concentrator.address, *best[a], a), t)
+        good += ours >= theirs - 0.02
+    # Repair: 5 % of the relays die; read every node that routed through them.
+    loads = topo.loads()
+    relays = sorted(loads, key=lambda r: -loads[r])
+    rng = random.Random(1)
+    dead = set(rng.sample(relays, max(1, math.ceil(0.05 * len(relays))))) if relays else set()
+    for r in dead:
+        d.kill_node(r)
+    affected = sorted(a for a in found if a not in dead
+                      and dead.intersection(r for rt in topo.routes(a)[:1] for r in rt.relays))
+    t_rep = loop.time()
+    pending = set(affected)
+    lost_first = 0
+    for _round in range(5):
+        for a in sorted(pending):
+            out = await mesh.exchange(a, _request(sc, a))
+            if out.ok:
+                pending.discard(a)
+            elif _round == 0:
+                lost_first += 1
+        if not pending:
+            break
+        await mesh.wait_repairs()
+    repair_s = loop.time() - t_rep
+    for r in dead:
+        d.revive_node(r)
+    mesh.save()
+    await driver.close()
+    # Restart: a new driver, the saved mesh, no discovery.
+    driver2 = ModuleDriver(d.replug(), comm_mode=COMM_MODE[channel], clock=d.clock)
+    await driver2.start()
+    again = Mesh.restore(driver2, sqlite_utils.Database(db_path), clock=d.clock)
+    sample = sorted(found - dead)[:100]
+    first_ok = 0
+    for a in sample:
+        first_ok += (await again.exchange(a, _request(sc, a))).ok
+    searches_after = again.stats.searches
+    await driver2.close()
+    await d.close()
+    return {
+        "layout": layout, "meters": meters, "channel": channel,
+        "reachable": len(reach), "found": len(found),
+        "found_share": round(len(found) / max(1, len(reach)), 4),
+        "formation_sim_s": round(mesh.stats.discovery_s, 1),
+        "discovery_with_probing_sim_s": round(done.seconds, 1),
+        "searches": mesh.stats.searches, "reads": mesh.stats.reads,
+        "frames_per_node": round(frames / max(1, len(found)), 2),
+        "nodes_with_2_alternates": round(sum(len(topo.routes(a)) >= 3 for a in found)
+                                         / max(1, len(found)), 4),
+        "route_quality": round(good / max(1, rated), 4),
+        "repair": {"dead_relays": len(dead), "affected": len(affected),
+                   "sim_s": round(repair_s, 1), "not_read_first_pass": lost_first,
+                   "still_unread": len(pending)},
+        "restart_first_read_share": round(first_ok / max(1, len(sample)), 4),
+        "restart_searches": searches_after,
+        "sim_start": t_start,
+    }
+
+
+def _route_timing() -> dict:
+    """Wall time of route computation on a 2,040-node random geometric topology."""
+    rng = random.Random(7)
+    root = "990000000001"
+    topo = Topology(root)
+    pts = {root: (0.0, 0.0)}
+    for i in range(2040):
+        a = f"{i + 1:012d}"
+        pts[a] = (rng.uniform(-1000, 1000), rng.uniform(-1000, 1000))
+        topo.add_node(a, status="approved")
+    names = list(pts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            dx, dy = pts[a][0] - pts[b][0], pts[a][1] - pts[b][1]
+            dist = math.hypot(dx, dy)
+            if dist < 160:
+                # Bulk load the way persist.load does; the timing below is the planner's.
+                q = max(0, min(15, int(15 - dist / 12)))
+                for x, y in ((a, b), (b, a)):
+                    topo.graph.add_edge(x, y, links={"plc": LinkEstimate(
+                        quality_prior(q), 4.0, 3.0, 0.0, 0.0, quality=q)})
+    t0 = time.perf_counter()
+    topo.full_recompute()
+    full = time.perf_counter() - t0
+    edges = [(u, v) for u, v in topo.graph.edges() if u != root]
+    times = []
+    for u, v in rng.sample(edges, 50):
+        t0 = time.perf_counter()
+        topo.observe(u, v, False, t=1.0, weight=3.0)
+        topo.routes(v)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"nodes": 2040, "links": sum(1 for _ in topo.links()),
+            "full_recompute_ms": round(full * 1000, 1),
+            "one_link_change_ms_median": round(times[len(times) // 2] * 1000, 2),
+            "one_link_change_ms_max": round(times[-1] * 1000, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="200 meters, street, hplc and npl")
+    ap.add_argument("--out", default=str(HERE / "mesh.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    if args.quick:
+        cases = [(200, "street", "hplc"), (200, "street", "npl")]
+    else:
+        cases = [(n, lay, ch) for n in (200, 1000, 2040) for lay in ("street", "feeder")
+                 for ch in ("hplc", "npl")]
+    results = []
+    db_path = HERE / ".mesh-bench.db"
+    for n, lay, ch in cases:
+        w = time.perf_counter()
+        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+            r = runner.run(_district(n, lay, ch, db_path))
+        r["wall_s"] = round(time.perf_counter() - w, 1)
+        results.append(r)
+        print(f"{lay:7} {n:5} {ch:4}: found {r['found']}/{r['reachable']}, formation "
+              f"{r['formation_sim_s'] / 60:.1f} sim-min, {r['frames_per_node']} frames/node, "
+              f"route quality {r['route_quality']:.1%}, repair {r['repair']['sim_s']} sim-s "
+              f"({r['repair']['not_read_first_pass']} of {r['repair']['affected']} not read on "
+              f"the first pass, {r['repair']['still_unread']} unread), restart first reads "
+              f"{r['restart_first_read_share']:.0%} [{r['wall_s']} s wall]", flush=True)
+    db_path.unlink(missing_ok=True)
+    timing = _route_timing()
+    print(f"routes, 2,040 nodes: full {timing['full_recompute_ms']} ms, one link change "
+          f"{timing['one_link_change_ms_median']} ms median ({timing['one_link_change_ms_max']} max)")
+    Path(args.out).write_text(json.dumps({"districts": results, "route_timing": timing},
+                                         indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""Mesh core: link learning, route choice, incremental recompute and persistence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import sqlite_utils
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh.links import LinkConfig, LinkEstimate, distribute_blame
+from mesh.persist import MeshStateError, load, save
+from mesh.routes import RouteConfig
+from mesh.topology import NodeDeleted, RouteChanged, Topology
+
+ROOT = "000000000001"
+
+
+def a(i: int) -> str:
+    return f"{i:012d}"
+
+
+def link(topo: Topology, u: str, v: str, p: float, medium: str = "plc",
+         weight: float = 1e6) -> None:
+    """Give both directions of u-v a delivery probability p worth ``weight`` observations."""
+    for x, y in ((u, v), (v, u)):
+        if not topo.graph.has_edge(x, y):
+            topo.graph.add_edge(x, y, links={})
+        topo.graph.edges[x, y]["links"][medium] = LinkEstimate(p, weight)
+    topo._update_hop(u, v)
+
+
+def make(n: int, **cfg) -> Topology:
+    topo = Topology(ROOT, route_cfg=RouteConfig(**cfg))
+    for i in range(2, n + 2):
+        topo.add_node(a(i), status="approved")
+    return topo
+
+
+def test_a_chain_of_eight_hops_gets_the_seven_relay_route():
+    topo = make(8)
+    for i in range(1, 9):
+        link(topo, a(i), a(i + 1), 0.97)
+    r = topo.primary(a(9))
+    assert r.relays == tuple(a(i) for i in range(2, 9))
+    assert r.level == 8
+    assert topo.node(a(9)).level == 8
+    assert r.p == pytest.approx(0.97 ** 16)
+
+
+def test_relay_limit_is_respected():
+    topo = make(8, max_relays=3)
+    for i in range(1, 9):
+        link(topo, a(i), a(i + 1), 0.97)
+    assert topo.primary(a(5)).relays == (a(2), a(3), a(4))
+    assert topo.primary(a(6)) is None  # needs 4 relays
+    with pytest.raises(ValueError):
+        RouteConfig(max_relays=16)
+
+
+def test_a_reliable_two_hop_path_beats_a_lossy_direct_link():
+    topo = make(2)
+    link(topo, ROOT, a(3), 0.6)  # heard directly, but badly
+    link(topo, ROOT, a(2), 0.98)
+    link(topo, a(2), a(3), 0.98)
+    r = topo.primary(a(3))
+    assert r.relays == (a(2),)
+    # and the lossy direct link is still offered as an alternate
+    assert [x.relays for x in topo.routes(a(3))][1] == ()
+
+
+def test_hop_count_breaks_ties_between_equally_reliable_paths():
+    topo = make(3)
+    link(topo, ROOT, a(4), 0.95)
+    link(topo, ROOT, a(2), 1.0)
+    link(topo, a(2), a(3), 1.0)
+    link(topo, a(3), a(4), 0.95)
+    assert topo.primary(a(4)).relays == ()
+
+
+def test_a_dead_relay_switches_to_the_alternate():
+    topo = make(3)
+    link(topo, ROOT, a(2), 0.99, weight=20)
+    link(topo, a(2), a(4), 0.99, weight=20)
+    link(topo, ROOT, a(3), 0.95, weight=20)
+    link(topo, a(3), a(4), 0.95, weight=20)
+    assert topo.primary(a(4)).relays == (a(2),)
+    topo.drain_events()
+    # the engine keeps failing through relay 2: the blame lands on its hops until down
+    for k in range(12):
+        topo.observe_path(topo.routes(a(4))[0], ok=False, t=100.0 + k)
+        if topo.primary(a(4)).relays != (a(2),):
+            break
+    assert topo.primary(a(4)).relays == (a(3),)
+    changes = [e for e in topo.drain_events() if isinstance(e, RouteChanged)]
+    assert any(e.address == a(4) and e.new_relays == (a(3),) for e in changes)
+
+
+def test_removing_a_relay_reroutes_and_reports():
+    topo = make(3)
+    link(topo, ROOT, a(2), 0.99)
+    link(topo, a(2), a(4), 0.99)
+    link(topo, ROOT, a(3), 0.9)
+    link(topo, a(3), a(4), 0.9)
+    topo.drain_events()
+    topo.remove_node(a(2), "replaced meter")
+    ev = topo.drain_events()
+    assert NodeDeleted(a(2), "replaced meter") in ev
+    assert RouteChanged(a(4), (a(2),), (a(3),), ("plc", "plc")) in ev
+    assert topo.primary(a(4)).relays == (a(3),)
+
+
+def ladder() -> Topology:
+    """Three parallel two-relay paths to node 20; the middle one is best."""
+    topo = make(0)
+    topo.add_node(a(20), status="approved")
+    for k, p in ((2, 0.97), (4, 0.99), (6, 0.96)):
+        topo.add_node(a(k), status="approved")
+        topo.add_node(a(k + 1), status="approved")
+        link(topo, ROOT, a(k), p)
+        link(topo, a(k), a(k + 1), p)
+        link(topo, a(k + 1), a(20), p)
+    # cross links make sharing cheap: alternates must still avoid the primary's relays
+    link(topo, a(2), a(5), 0.99)
+    link(topo, a(6), a(5), 0.99)
+    return topo
+
+
+def test_alternates_share_as_few_relays_as_possible():
+    topo = ladder()
+    rs = topo.routes(a(20))
+    assert rs[0].relays == (a(4), a(5))
+    assert len(rs) == 3
+    assert not set(rs[1].relays) & set(rs[0].relays)
+    assert not set(rs[2].relays) & (set(rs[0].relays) | set(rs[1].relays))
+    assert rs[0].cost < rs[1].cost <= rs[2].cost
+    assert topo.route_for(a(20), avoid={a(4)}).relays == rs[1].relays
+
+
+def test_a_quarantined_node_is_never_a_relay():
+    topo = ladder()
+    topo.quarantine(a(5), "answers with wrong address")
+    for r in topo.routes(a(20)):
+        assert a(5) not in r.relays
+    # it can still be reached itself (to be read or identified)
+    assert topo.primary(a(5)) is not None
+    # an unapproved (discovered) node does not relay either
+    topo.add_node(a(30), status="discovered")
+    link(topo, ROOT, a(30), 1.0)
+    link(topo, a(30), a(20), 1.0)
+    assert all(a(30) not in r.relays for r in topo.routes(a(20)))
+    topo.approve(a(30))
+    assert topo.primary(a(20)).relays == (a(30),)
+
+
+def test_an_overloaded_relay_is_relieved_when_the_detour_is_cheap():
+    topo = make(2, max_load=5, relief_margin=0.5)
+    link(topo, ROOT, a(2), 0.99)
+    link(topo, ROOT, a(3), 0.985)
+    for m in range(10, 18):
+        topo.add_node(a(m), status="approved")
+        link(topo, a(2), a(m), 0.99)
+        link(topo, a(3), a(m), 0.985)
+    topo.add_node(a(40), status="approved")  # only reachable through relay 2
+    link(topo, a(2), a(40), 0.99)
+    assert topo.loads()[a(2)] == 9
+    topo.rebalance()
+    loads = topo.loads()
+    assert loads[a(2)] == 5 and loads[a(3)] == 4  # relieved, without overloading relay 3
+    assert topo.primary(a(40)).relays == (a(2),)  # the captive node stays
+    moved = [m for m in range(10, 18) if topo.primary(a(m)).relays == (a(3),)]
+    assert len(moved) == 4
+    assert all(topo.primary(a(m)).kind == "relief" for m in moved)
+
+
+def test_relief_is_not_taken_when_the_detour_costs_too_much():
+    topo = make(2, max_load=3, relief_margin=0.3)
+    link(topo, ROOT, a(2), 0.99)
+    link(topo, ROOT, a(3), 0.8)
+    for m in range(10, 16):
+        topo.add_node(a(m), status="approved")
+        link(topo, a(2), a(m), 0.99)
+        link(topo, a(3), a(m), 0.8)
+    topo.rebalance()
+    assert topo.loads()[a(2)] == 6
+
+
+@pytest.mark.parametrize("p", [0.3, 0.7, 0.9, 0.98])
+def test_link_estimates_converge_to_the_true_probability(p):
+    rnd = random.Random(int(p * 100))
+    topo = make(1)
+    # a misleading quality prior (15 says ~0.98) must be overcome by the evidence
+    for k in range(600):
+        topo.observe(ROOT, a(2), rnd.random() < p, quality=15 if k == 0 else None, t=k)
+    est = topo.link(ROOT, a(2))
+    assert est.p == pytest.approx(p, abs=0.06)
+    assert est.std < 0.05
+
+
+def test_old_evidence_fades():
+    cfg = LinkConfig(half_life=100.0)
+    est = LinkEstimate(0.5, 4.0)
+    for k in range(50):
+        est.observe(True, float(k), cfg)
+    assert est.p > 0.9
+    for k in range(8):
+        est.observe(False, 1000.0 + k, cfg)  # ten half-lives later
+    assert est.p < 0.4
+
+
+def test_failure_blame_lands_on_the_weakest_hop_and_success_clears_down():
+    w = distribute_blame([0.99, 0.5, 0.99, 0.99])
+    fails = [f for _s, f in w]
+    assert sum(fails) == pytest.approx(1.0)
+    assert fails[1] > 0.9
+    assert w[0][0] > 0.9  # the hop before it very likely worked
+    topo = make(2)
+    link(topo, ROOT, a(2), 0.99)
+    link(topo, a(2), a(3), 0.99)
+    topo.link(a(2), a(3)).prior_weight = 4.0  # this hop is uncertain and weak
+    topo.link(a(2), a(3)).prior_mean = 0.6
+    before = topo.link(ROOT, a(2)).fail
+    topo.observe_path([ROOT, a(2), a(3)], ok=False, t=1.0)
+    assert topo.link(a(2), a(3)).fail > 0.3
+    assert topo.link(ROOT, a(2)).fail - before < 0.1
+    # three outright failures put a link down, one real success brings it back
+    for k in range(3):
+        topo.observe(a(3), a(2), False, t=2.0 + k)
+    assert (a(3), a(2), "plc") in topo.down_links()
+    topo.observe(a(3), a(2), True, t=10.0)
+    assert (a(3), a(2), "plc") not in topo.down_links()
+
+
+def test_needs_probe_only_where_the_estimate_is_too_uncertain():
+    topo = make(2)
+    topo.observe(ROOT, a(2), True, quality=12, t=0)
+    topo.observe(a(2), ROOT, True, quality=12, t=0)
+    topo.observe(a(2), a(3), True, quality=6, t=0)  # a middling report: p ~ 0.6 +- 0.2
+    assert (a(2), a(3), "plc") in topo.needs_probe(a(3))
+    for k in range(60):
+        topo.observe_path([ROOT, a(2), a(3)], ok=True, t=1.0 + k)
+    assert topo.needs_probe(a(3)) == []
+    assert topo.uncertain_links() == []
+
+
+def test_dual_district_hops_use_the_better_medium():
+    topo = make(2)
+    link(topo, ROOT, a(2), 0.7, "plc")
+    link(topo, ROOT, a(2), 0.99, "rf")
+    link(topo, a(2), a(3), 0.99, "plc")
+    link(topo, a(2), a(3), 0.6, "rf")
+    assert topo.primary(a(3)).media == ("rf", "plc")
+
+
+def test_bad_input_is_rejected_with_an_error_not_a_crash():
+    topo = make(1)
+    with pytest.raises(ValueError):
+        topo.add_node("12345")
+    with pytest.raises(ValueError):
+        topo.observe(ROOT, a(2), True, medium="carrier-pigeon")
+    with pytest.raises(ValueError):
+        topo.observe_path([a(2), ROOT], ok=True)
+    topo.observe(ROOT, a(2), True, quality=99, t=0)  # logged, quality ignored
+    assert topo.link(ROOT, a(2)).quality is None
+    assert topo.routes(a(77)) == []
+
+
+def test_snapshot_and_silent_nodes():
+    topo = make(2)
+    link(topo, ROOT, a(2), 0.99)
+    topo.observe_path([ROOT, a(2)], ok=True, t=500.0)
+    snap = topo.snapshot()
+    by_addr = {n["address"]: n for n in snap["nodes"]}
+    assert by_addr[a(2)]["route"]["relays"] == []
+    assert by_addr[a(2)]["history"] == "1"
+    assert snap["summary"]["reachable"] == 1
+    assert topo.silent_nodes(since=400.0) == [a(3)]
+
+
+def test_persistence_round_trip_restores_routes_and_learning():
+    topo = ladder()
+    topo.add_node(a(20), kind="collector", phase=2, protocol="dlt645-2007",
+                  sub_meters=[a(100), a(101)])
+    topo.observe_path(topo.primary(a(20)), ok=True, t=1234.0, qualities=[None, None, (11, 9)])
+    topo.observe(a(6), a(7), False, t=1300.0)
+    topo.quarantine(a(3))
+    db = sqlite_utils.Database(memory=True)
+    with pytest.raises(MeshStateError):
+        load(db)
+    save(db, topo)
+    back = load(db)
+    assert back.root == ROOT
+    assert back.drain_events() == []
+    for n in topo.nodes():
+        assert back.node(n.address) == n
+    for u, v, m, est in topo.links():
+        assert back.link(u, v, m).as_dict() == est.as_dict()
+    for n in topo.nodes():
+        if n.address != ROOT:
+            assert back.routes(n.address) == topo.routes(n.address)
+    assert back.node(a(20)).sub_meters == (a(100), a(101))
+    assert db["mesh_routes"].count >= 3
+
+
+def test_relief_pins_survive_a_restart():
+    topo = make(2, max_load=3, relief_margin=0.5)
+    link(topo, ROOT, a(2), 0.99)
+    link(topo, ROOT, a(3), 0.985)
+    for m in range(10, 18):
+        topo.add_node(a(m), status="approved")
+        link(topo, a(2), a(m), 0.99)
+        link(topo, a(3), a(m), 0.985)
+    topo.rebalance()
+    assert topo.planner.pins
+    db = sqlite_utils.Database(memory=True)
+    save(db, topo)
+    back = load(db, route_cfg=RouteConfig(max_load=3, relief_margin=0.5))
+    for m in range(10, 18):
+        assert back.primary(a(m)) == topo.primary(a(m))
+
+
+# --- incremental == full ---------------------------------------------------------------------
+
+def random_district(rnd: random.Random, n: int) -> Topology:
+    topo = make(n, max_relays=4)
+    pos = {ROOT: (0.5, 0.5)}
+    for i in range(2, n + 2):
+        pos[a(i)] = (rnd.random(), rnd.random())
+    names = list(pos)
+    for i, u in enumerate(names):
+        for v in names[i + 1:]:
+            d = ((pos[u][0] - pos[v][0]) ** 2 + (pos[u][1] - pos[v][1]) ** 2) ** 0.5
+            if d < 0.35:
+                link(topo, u, v, round(rnd.uniform(0.5, 0.99), 2))
+    return topo
+
+
+change = st.one_of(
+    st.tuples(st.just("p"), st.integers(0, 10_000), st.floats(0.0, 1.0)),
+    st.tuples(st.just("down"), st.integers(0, 10_000), st.just(0.0)),
+    st.tuples(st.just("status"), st.integers(0, 10_000), st.floats(0.0, 1.0)),
+    st.tuples(st.just("obs"), st.integers(0, 10_000), st.floats(0.0, 1.0)),
+    st.tuples(st.just("remove"), st.integers(0, 10_000), st.just(0.0)),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 1000), changes=st.lists(change, min_size=1, max_size=25))
+def test_incremental_recompute_matches_a_full_recompute(seed, changes):
+    rnd = random.Random(seed)
+    topo = random_district(rnd, 25)
+    topo.full_recompute()
+    t = 0.0
+    for kind, i, x in changes:
+        t += 1.0
+        edges = sorted(topo.graph.edges())
+        nodes = sorted(n for n in topo.graph.nodes if n != ROOT)
+        if kind == "p" and edges:
+            u, v = edges[i % len(edges)]
+            link(topo, u, v, max(0.0, x))
+        elif kind == "down" and edges:
+            u, v = edges[i % len(edges)]
+            topo.mark_down(u, v)
+        elif kind == "status" and nodes:
+            topo.set_status(nodes[i % len(nodes)], "approved" if x > 0.4 else "quarantined")
+        elif kind == "obs" and edges:
+            u, v = edges[i % len(edges)]
+            topo.observe(u, v, x > 0.3, t=t)
+        elif kind == "remove" and len(nodes) > 5:
+            topo.remove_node(nodes[i % len(nodes)])
+    incremental = {n: topo.routes(n) for n in topo.graph.nodes if n != ROOT}
+    published = dict(topo.planner.published)
+    topo.full_recompute(retune=False)
+    full = {n: topo.routes(n) for n in topo.graph.nodes if n != ROOT}
+    assert incremental == full
+    assert published == topo.planner.published
+    # every node's level agrees with its primary route
+    for n, rs in full.items():
+        assert topo.node(n).level == (rs[0].level if rs else None)
