@@ -34,7 +34,11 @@ def _attach() -> None:
 
     cli_ctl.attach(main)
     from concentrator import cli_meter
+
     main.add_command(cli_meter.meter)
+    from concentrator import cli_run
+
+    main.add_command(cli_run.run_cmd)
 
 
 _attach()

@@ -397,6 +397,11 @@ class Reader:
 
     # --- running the schedule ---------------------------------------------------------------
 
+    def set_max_concurrent(self, n: int) -> None:
+        """Follow the module's limit once it is known (the daemon learns it at connect)."""
+        self.max_concurrent = max(1, int(n))
+        self._slots.n = self.max_concurrent
+
     async def run(self) -> None:
         """Run every enabled task's schedule until cancelled."""
         loops = [asyncio.create_task(self._task_loop(t), name=f"task-{t.name}")
@@ -796,7 +801,13 @@ class Reader:
         """Read the summary meter's daily frozen record, retrying until the window closes."""
         sm = self.summary
         protocol = _protocol(getattr(sm, "protocol", None))
-        if self.store.daily(sm.address, ctx.day) is not None:
+        # Back-fill the summary meter over the same days as the customers' meters, so the line
+        # loss of a back-filled day has both ends.
+        days = sorted({b for bs in ctx.missing.values() for b in bs})
+        gaps = [b for b in days if self.store.daily(sm.address, b) is None]
+        if gaps:
+            ctx.missing[sm.address] = gaps
+        if self.store.daily(sm.address, ctx.day) is not None and not gaps:
             return True
         pause = min(60.0, ctx.task.retry_pause_s)
         last = ""

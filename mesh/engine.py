@@ -32,11 +32,9 @@ is given; everything here decides *which* list.
 Events go to ``on_event`` (a plain callable): the engine's own events below plus the core's
 ``RouteChanged``/``NodeAdded``/``NodeDeleted``/``LinkDown``... events, drained after each step.
 
-Persistence note: ``mesh.persist.save`` wraps its writes in ``with db.conn:``, which commits any
-transaction already open on the connection (a caller's ``Store.batch()`` then fails to commit)
-and under ``isolation_level=None`` does not group the writes at all. ``save()`` here works
-around it: it opens the transaction itself (``Store.batch()`` or ``Database.atomic()``) and hands
-``persist.save`` a view of the connection whose ``with`` block neither commits nor begins.
+Persistence: ``save()`` writes inside ``Store.batch()`` when given a ``Store`` (so the mesh state
+and whatever else the batch holds commit together); ``mesh.persist.save`` uses
+``Database.atomic()``, a savepoint inside that batch.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,22 +206,6 @@ class _Stats:
 
 
 ArchiveItem = str | tuple[str, Any] | Any
-
-
-class _NoCommitConn:
-    """A sqlite3 connection whose ``with`` block does nothing (see the module docstring)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> _NoCommitConn:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
 
 
 class Mesh:
@@ -843,11 +824,9 @@ class Mesh:
         try:
             if hasattr(self.db, "batch"):
                 with self.db.batch():
-                    persist.save(_no_commit(self.db.db), self.topology)
+                    persist.save(_database(self.db), self.topology)
             else:
-                db = _database(self.db)
-                with db.atomic():
-                    persist.save(_no_commit(db), self.topology)
+                persist.save(_database(self.db), self.topology)
         except Exception as exc:  # the store has its own error tree; routing goes on
             log.error("mesh: saving the mesh failed: %s", exc)
             return False
@@ -883,13 +862,6 @@ def _database(db: Any) -> sqlite_utils.Database:
     if isinstance(inner, sqlite_utils.Database):
         return inner
     raise TypeError(f"mesh: cannot persist to {type(db).__name__}")
-
-
-def _no_commit(db: sqlite_utils.Database) -> sqlite_utils.Database:
-    view = sqlite_utils.Database.__new__(sqlite_utils.Database)
-    view.__dict__.update(db.__dict__)
-    view.conn = _NoCommitConn(db.conn)  # type: ignore[assignment]
-    return view
 
 
 def _proto_name(proto: Any) -> str:

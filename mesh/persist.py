@@ -12,7 +12,10 @@ Tables (created on first ``save``; the store owns the database file and its WAL 
   primary/relief/alternate), kept for inspection and for restoring relief pins.
 
 ``save`` rewrites the three tables in one transaction (a 2,040-node district is ~40k rows,
-well under a second), so a power cut leaves either the old or the new state.
+well under a second), so a power cut leaves either the old or the new state. It uses
+``Database.atomic()`` (sqlite-utils >= 4): inside a caller's open transaction (a
+``Store.batch()``) that is a savepoint, so the caller's batch stays one transaction and is
+committed by the caller, never early by the mesh.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ def _ensure_tables(db: sqlite_utils.Database) -> None:
 
 
 def save(db: sqlite_utils.Database, topology: Topology, alternates: bool = True) -> None:
-    """Write the whole mesh state; ``alternates=False`` stores primaries only (faster)."""
-    _ensure_tables(db)
+    """Write the whole mesh state; ``alternates=False`` stores primaries only (faster).
+
+    One transaction of its own, or a savepoint inside the caller's open transaction.
+    """
     nodes = [{
         "address": n.address, "is_root": int(n.address == topology.root), "kind": n.kind.value,
         "status": n.status.value, "protocol": n.protocol, "phase": n.phase, "level": n.level,
@@ -82,7 +87,8 @@ def save(db: sqlite_utils.Database, topology: Topology, alternates: bool = True)
                 "relays": json.dumps(r.relays), "media": json.dumps(r.media),
                 "p": r.p, "cost": r.cost,
             })
-    with db.conn:
+    with db.atomic():
+        _ensure_tables(db)
         for table, rows in ((NODES, nodes), (LINKS, links), (ROUTES, routes)):
             db.execute(f"DELETE FROM [{table}]")
             if rows:

@@ -148,13 +148,21 @@ class RoutePlanner:
         self.published: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         #: nodes whose SPT path is deeper than max_relays (they use a bounded search)
         self.deep: set[str] = set()
-        self._alt_cache: dict[str, tuple[int, list[Route]]] = {}
+        #: target -> (version, struct_version, primary path, alternates) of the last search
+        self._alt_cache: dict[str, tuple[int, int, tuple[str, ...], list[Route]]] = {}
         self.version = 0
         #: per-hop surcharge (a Lagrange multiplier for the relay limit), tuned by
         #: ``full_recompute`` so that SPT paths fit ``max_relays``; kept fixed in between
         self.hop_surcharge = 0.0
         #: fewest hops from the root to each node through relays (None: to be recomputed)
         self._hmin: dict[str, int] | None = None
+        #: bumped when a hop appears or disappears or a relay changes status: the events that
+        #: can open a new alternate (cost changes of known hops only re-price cached ones)
+        self.struct_version = 0
+
+    def _structural(self) -> None:
+        self._hmin = None
+        self.struct_version += 1
 
     # --- graph edits (each returns the nodes whose primary route changed) -------------------
 
@@ -179,10 +187,10 @@ class RoutePlanner:
                 return []
             del self.adj[u][v]
             del self.adj[v][u]
-            self._hmin = None
+            self._structural()
         else:
             if old is None:
-                self._hmin = None
+                self._structural()
             self.adj[u][v] = metric
             self.adj[v][u] = metric.mirrored()
         touched: set[str] = set()
@@ -207,7 +215,7 @@ class RoutePlanner:
 
     def put_edge(self, u: str, v: str, metric: HopMetric | None) -> None:
         """Set a hop without updating routes (bulk loading; call ``full_recompute`` after)."""
-        self._hmin = None
+        self._structural()
         self.adj.setdefault(u, {})
         self.adj.setdefault(v, {})
         if metric is None:
@@ -221,7 +229,7 @@ class RoutePlanner:
         if n not in self.adj or n == self.root:
             return []
         self.version += 1
-        self._hmin = None
+        self._structural()
         heap: list[tuple[float, str]] = []
         touched: set[str] = set()
         if n in self.dist:
@@ -250,7 +258,7 @@ class RoutePlanner:
                 self.relay_ok.add(n)
             return []
         self.version += 1
-        self._hmin = None
+        self._structural()
         heap: list[tuple[float, str]] = []
         touched: set[str] = set()
         if ok:
@@ -502,13 +510,27 @@ class RoutePlanner:
         return self.make_route(path, "relief" if n in self.pins else "primary")
 
     def routes(self, n: str) -> list[Route]:
-        """Primary first, then up to ``cfg.alternates`` alternates sharing few relays."""
-        cached = self._alt_cache.get(n)
-        if cached is not None and cached[0] == self.version:
-            return list(cached[1])
+        """Primary first, then up to ``cfg.alternates`` alternates sharing few relays.
+
+        Alternates are searched again only when the primary changed, a hop appeared or
+        vanished, a relay changed status, or a cached alternate got dearer by more than
+        ``relief_margin``; otherwise the cached paths are re-priced (learning moves link
+        costs after every exchange, and a full search per exchange was the engine's main
+        CPU cost).
+        """
         first = self.primary(n)
         if first is None:
             return []
+        cached = self._alt_cache.get(n)
+        if cached is not None and cached[2] == first.path:
+            ver, sver, _ppath, alts = cached
+            if ver == self.version:
+                return [first, *alts]
+            if sver == self.struct_version:
+                fresh = self._reprice(alts)
+                if fresh is not None:
+                    self._alt_cache[n] = (self.version, sver, first.path, fresh)
+                    return [first, *fresh]
         out = [first]
         avoid_nodes = set(first.relays)
         avoid_hops = set(_hops(first.path))
@@ -532,10 +554,20 @@ class RoutePlanner:
             out.append(route)
             avoid_nodes |= set(route.relays)
             avoid_hops |= set(_hops(path))
-        self._alt_cache[n] = (self.version, out)
         if len(self._alt_cache) > 4 * len(self.adj) + 64:
             self._alt_cache.clear()
+        self._alt_cache[n] = (self.version, self.struct_version, first.path, out[1:])
         return list(out)
+
+    def _reprice(self, alts: list[Route]) -> list[Route] | None:
+        """Cached alternates with today's costs; None when one got much dearer or unusable."""
+        fresh = []
+        for r in alts:
+            nr = self.make_route(r.path, "alternate")
+            if nr is None or nr.cost > r.cost + self.cfg.relief_margin:
+                return None
+            fresh.append(nr)
+        return fresh
 
     def search(
         self,
@@ -561,6 +593,61 @@ class RoutePlanner:
         avoid_h = {frozenset(h) for h in avoid_hops}
         ban = set(banned)
         ban_h = {frozenset(h) for h in banned_hops}
+        # The cheapest path ignoring the hop bound is the answer whenever it fits the bound
+        # (the bounded optimum can only cost more), and it settles each node once; the
+        # Pareto (node, hops) search below is only needed when it does not fit.
+        path = self._search_plain(target, avoid_n, avoid_h, ban, ban_h)
+        if path is None or max_hops is None or len(path) - 1 <= max_hops:
+            return path
+        return self._search_bounded(target, avoid_n, avoid_h, ban, ban_h, max_hops)
+
+    def _search_plain(self, target: str, avoid_n: set[str], avoid_h: set[frozenset],
+                      ban: set[str], ban_h: set[frozenset]) -> tuple[str, ...] | None:
+        """A* from ``target`` to the root with penalties and bans, no hop bound."""
+        pen = self.cfg.share_penalty
+        dist = self.dist
+        root = self.root
+        relay_ok = self.relay_ok
+        sur = self.hop_surcharge
+        best: dict[str, float] = {target: 0.0}
+        prev: dict[str, str] = {}
+        done: set[str] = set()
+        heap = [(dist[target], 0.0, target)]
+        while heap:
+            _f, g, node = heapq.heappop(heap)
+            if node in done:
+                continue
+            done.add(node)
+            if node == root:
+                path = [root]
+                while path[-1] != target:
+                    path.append(prev[path[-1]])
+                return tuple(path)
+            if node != target and node not in relay_ok:
+                continue
+            for m, h in self.adj[node].items():
+                if m == target or m in done or m not in dist:
+                    continue
+                if m != root and (m not in relay_ok or m in ban):
+                    continue
+                if ban_h and frozenset((node, m)) in ban_h:
+                    continue
+                ng = g + h.cost + sur
+                if m in avoid_n and m != root:
+                    ng += pen
+                if avoid_h and frozenset((node, m)) in avoid_h:
+                    ng += pen
+                old = best.get(m)
+                if old is None or ng < old:
+                    best[m] = ng
+                    prev[m] = node
+                    heapq.heappush(heap, (ng + dist[m], ng, m))
+        return None
+
+    def _search_bounded(self, target: str, avoid_n: set[str], avoid_h: set[frozenset],
+                        ban: set[str], ban_h: set[frozenset],
+                        max_hops: int) -> tuple[str, ...] | None:
+        """Exact hop-bounded search: (node, hops) labels with Pareto pruning."""
         pen = self.cfg.share_penalty
         dist = self.dist
         root = self.root

@@ -303,6 +303,33 @@ def test_persistence_round_trip_restores_routes_and_learning():
     assert db["mesh_routes"].count >= 3
 
 
+def test_save_inside_a_store_batch_commits_with_the_batch_and_rolls_back_with_it(tmp_path):
+    """The mesh state is part of the caller's transaction: not committed early, and undone
+    when the caller's batch fails (sqlite-utils ``with db.conn`` used to commit it early)."""
+    from datetime import datetime
+
+    from concentrator.clock import LoopClock
+    from concentrator.store import Store
+
+    store = Store.open(tmp_path / "s.db", clock=LoopClock(datetime(2024, 3, 1)))
+    topo = ladder()
+    with store.batch():
+        save(store.db, topo)
+        # Still inside the caller's transaction: another connection sees nothing yet.
+        other = sqlite_utils.Database(tmp_path / "s.db")
+        assert not other["mesh_nodes"].exists() or other["mesh_nodes"].count == 0
+        other.close()
+    assert store.db["mesh_nodes"].count == len(topo.nodes())
+    topo.add_node(a(30), status="approved")
+    link(topo, a(20), a(30), 0.9)
+    with pytest.raises(RuntimeError), store.batch():
+        save(store.db, topo)
+        raise RuntimeError("the caller's batch fails after the mesh was written")
+    assert a(30) not in load(store.db)  # rolled back with the batch
+    assert load(store.db).routes(a(20)) == ladder().routes(a(20))
+    store.close()
+
+
 def test_relief_pins_survive_a_restart():
     topo = make(2, max_load=3, relief_margin=0.5)
     link(topo, ROOT, a(2), 0.99)

@@ -1,0 +1,262 @@
+"""`make run`: the whole system on one machine, ending in a summary a person reads in 10 s.
+
+Generates a district, serves its carrier module and summary meter on ptys
+(``concentrator-sim serve``), runs a master station on loopback, and starts the real daemon
+(``concentrator run``) with an empty archive, all in accelerated time sharing one epoch. It
+shows progress while the network forms and the first day is read and uploaded, then prints
+the summary and writes the topology picture.
+
+    python -m simulator.demo [--meters 200] [--channel hplc] [--factor 20] [--out run-output]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from concentrator.control import ControlClient, ControlError
+from concentrator.store import Store
+from simulator.generate import generate
+from simulator.master import MasterStation
+from simulator.scenario import dump
+from simulator.truth import truth
+
+BIN = Path(sys.executable).parent
+
+
+class _FixedClock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def _daemon_config(out: Path, module_pty: str, summary_pty: str | None, summary_addr: str | None,
+                   master_port: int, channel: str) -> str:
+    group = grp.getgrgid(os.getgid()).gr_name
+    summary = (f"summary_meter:\n  port: {summary_pty}\n  address: \"{summary_addr}\"\n"
+               if summary_pty else "")
+    return f"""# Written by simulator/demo.py for `make run`.
+paths:
+  etc: {out}
+  state: {out}
+  runtime: {out}
+terminal:
+  district: "4403"
+  address: 1
+module:
+  port: {module_pty}
+  channel: {channel}
+{summary}mesh:
+  unknown_node_policy: admit
+reading:
+  curve_density: 60
+store:
+  path: {out}/concentrator.db
+uplink:
+  primary: 127.0.0.1:{master_port}
+  heartbeat_period: 5min
+archive: []
+logging:
+  level: INFO
+control:
+  socket: {out}/control.sock
+  group: {group}
+  audit_log: {out}/audit.jsonl
+"""
+
+
+def _line(text: str) -> None:
+    sys.stdout.write("\r\033[K" + text if sys.stdout.isatty() else text + "\n")
+    sys.stdout.flush()
+
+
+async def _status(sock: Path) -> dict[str, Any] | None:
+    try:
+        return await asyncio.to_thread(ControlClient(sock, timeout=5).request, "status", {})
+    except (ControlError, OSError):
+        return None
+
+
+async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: int,
+                   budget_s: float) -> int:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, mode=0o750)
+    scenario = generate(meters, "street", seed, channel=channel)
+    scen_path = out / "district.yaml"
+    scen_path.write_text(dump(scenario))
+    start = scenario.start
+    print(f"district: {meters} meters, street layout, {channel}, seed {seed} -> {scen_path}")
+
+    # The concentrator was installed the day before: yesterday's freezes are back-filled, so the
+    # first morning already gives a day of line loss (needs two daily freezes).
+    with contextlib.closing(Store.open(out / "concentrator.db",
+                                       clock=_FixedClock(start))) as store:
+        store.kv_set("reader.first_day.daily_frozen", (start.date() - timedelta(days=1)).isoformat())
+
+    master = MasterStation(out / "master.sqlite", trace=out / "master-trace.txt")
+    port = await master.start("127.0.0.1", 0)
+    epoch = time.time() + 2.0
+    common = ["--time-factor", str(factor), "--epoch", repr(epoch), "--start", start.isoformat()]
+    sim = subprocess.Popen([str(BIN / "concentrator-sim"), "serve", str(scen_path), *common],
+                           stdout=subprocess.PIPE, stderr=open(out / "simulator.log", "w"),
+                           text=True)
+    procs = [sim]
+    try:
+        module_pty = summary_pty = None
+        assert sim.stdout is not None
+        for _ in range(3):
+            line = sim.stdout.readline()
+            if line.startswith("module:"):
+                module_pty = line.split()[1]
+            elif line.startswith("summary meter:") and "/dev/" in line:
+                summary_pty = line.split()[2]
+        if module_pty is None:
+            print("simulator did not start; see", out / "simulator.log")
+            return 1
+        cfg_path = out / "concentrator.yaml"
+        summary_addr = scenario.summary_meter.address if scenario.summary_meter else None
+        cfg_path.write_text(_daemon_config(out, module_pty, summary_pty, summary_addr, port,
+                                           channel))
+        daemon = subprocess.Popen([str(BIN / "concentrator"), "-v", "run", "--config",
+                                   str(cfg_path), *common],
+                                  stdout=subprocess.DEVNULL, stderr=open(out / "daemon.log", "w"))
+        procs.append(daemon)
+        print(f"simulator: module {module_pty}, summary meter {summary_pty}; master on "
+              f"127.0.0.1:{port}; daemon log {out / 'daemon.log'}; {factor:g}x real time")
+
+        sock = out / "control.sock"
+        t_wall = time.monotonic()
+        status: dict[str, Any] | None = None
+        done_since = None
+        while time.monotonic() - t_wall < budget_s:
+            await asyncio.sleep(1.0)
+            if daemon.poll() is not None:
+                print(f"\ndaemon exited with code {daemon.returncode}; see {out / 'daemon.log'}")
+                return 1
+            status = await _status(sock) or status
+            if status is None:
+                continue
+            sim_now = start + timedelta(seconds=(time.time() - epoch) * factor)
+            nodes = status["nodes"]
+            reading = status.get("reading") or {}
+            up = master.upload_summary()
+            phase = ("forming the network" if status.get("discovering") else
+                     f"read {reading.get('task')} {100 * reading.get('rate', 0):.1f}%"
+                     if reading else "waiting for the 00:05 daily frozen window")
+            _line(f"{sim_now:%H:%M:%S}  nodes {nodes['online']}/{nodes['total']} routed  "
+                  f"{phase}  uplink {status['uplink']['state']}, outbox "
+                  f"{status['uplink'].get('outbox')}, master holds {up['readings']} readings")
+            daily_done = reading.get("task") == "daily_frozen" or any(
+                r.get("task") == "daily_frozen" for r in [reading])
+            if daily_done and status["uplink"].get("outbox") == 0:
+                done_since = done_since or time.monotonic()
+                if time.monotonic() - done_since > 2:
+                    break
+        print()
+        if status is None:
+            print("the daemon never answered on its control socket; see", out / "daemon.log")
+            return 1
+        return await _summary(out, sock, status, master, scenario, start)
+    finally:
+        for p in reversed(procs):  # the daemon first, so the module port does not vanish under it
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        await master.stop()
+        master.close()
+
+
+async def _summary(out: Path, sock: Path, status: dict[str, Any], master: MasterStation,
+                   scenario: Any, start: datetime) -> int:
+    client = ControlClient(sock, timeout=30)
+    nodes = (await asyncio.to_thread(client.request, "nodes", {}))["nodes"]
+    topo = await asyncio.to_thread(client.request, "topology", {})
+    by_level = Counter(n["level"] for n in nodes if n["level"] is not None)
+    t = truth(scenario, start + timedelta(hours=1), registers=False)
+    reachable = sum(1 for n in t["nodes"] if n.get("hops") not in (None, 0)
+                    and n["kind"] != "concentrator")
+    reading = status.get("reading") or {}
+    up = master.upload_summary()
+    svg = out / "topology.svg"
+    from concentrator import cli_ctl
+
+    svg.write_text(cli_ctl.render_svg(topo))
+    print("=" * 72)
+    print(f"SUMMARY  district of {len(scenario.meters)} meters ({scenario.channel}), "
+          f"simulated start {start:%Y-%m-%d %H:%M}")
+    print(f"  nodes found: {len(nodes)} (truth: {reachable} reachable nodes); by hop level: "
+          + ", ".join(f"L{lv}: {c}" for lv, c in sorted(by_level.items())))
+    if reading:
+        print(f"  daily frozen read {reading.get('day')}: first-attempt "
+              f"{100 * reading.get('first_rate', 0):.2f}%, final {100 * reading['rate']:.2f}% "
+              f"of {reading['due']} meters")
+    else:
+        print("  daily frozen round: not finished within the time budget")
+    print(f"  uploaded to the master: {up['readings']} readings in {up['items']} items, "
+          f"confirmed (outbox now {status['uplink'].get('outbox')}); "
+          f"duplicates {up['copies_received'] - up['items']}, protocol violations "
+          f"{up['violations']}")
+    store = Store.open(out / "concentrator.db", clock=_FixedClock(start))
+    try:
+        day = start.date() - timedelta(days=1)
+        ll = store.line_loss(day)
+    finally:
+        store.close()
+    if ll is not None:
+        from simulator.meterdata import MeterData
+
+        md = MeterData(scenario)
+        t0 = (datetime.combine(day, datetime.min.time()) - start).total_seconds()
+        true_pct = 100 * md.line_loss(t0, t0 + 86400.0)["loss_rate"]
+        loss = "n/a" if ll.loss_pct is None else f"{float(ll.loss_pct):.2f}%"
+        print(f"  line loss {day}: {loss} over {ll.meters_covered}/"
+              f"{ll.meters_total} meters (simulator truth {true_pct:.2f}%)")
+    else:
+        print("  line loss: not computed (the summary meter or a day's freezes are missing)")
+    print(f"  topology picture: {svg}")
+    print(f"  logs: {out / 'daemon.log'}, {out / 'simulator.log'}, master trace "
+          f"{out / 'master-trace.txt'}")
+    print("=" * 72)
+    (out / "summary.json").write_text(json.dumps(
+        {"nodes": len(nodes), "reachable_truth": reachable, "by_level": by_level,
+         "reading": reading, "master": up}, default=str, indent=1))
+    return 0 if reading else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meters", type=int, default=200)
+    ap.add_argument("--channel", default="hplc", choices=["npl", "hplc", "rf", "dual"])
+    ap.add_argument("--factor", type=float, default=20.0, help="times faster than real time")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("run-output"))
+    ap.add_argument("--budget", type=float, default=170.0, help="wall seconds before giving up")
+    args = ap.parse_args(argv)
+    return asyncio.run(run_demo(args.meters, args.channel, args.factor, args.out.resolve(),
+                                args.seed, args.budget))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
