@@ -20,6 +20,7 @@ The sections (documented key by key in ``config/concentrator.yaml``):
 ``archive``     optional list of meters known in advance (the master may also supply it).
 ``logging``     log level.
 ``control``     the control socket (path, group, mode) and the audit log.
+``security``    authentication of the master's commands (``require_mac``), key file, Tp age.
 
 What may change on SIGHUP without a restart is decided by ``reloadable_diff(old, new)``.
 """
@@ -59,6 +60,7 @@ __all__ = [
     "ArchiveMeter",
     "ControlConfig",
     "LoggingConfig",
+    "SecurityConfig",
     "ReloadPlan",
     "METER_PROTOCOLS",
     "CHANNELS",
@@ -292,6 +294,15 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``security``: see uplink/security.py and docs/security.md."""
+
+    require_mac: bool = True        # off only for a legacy master that cannot sign commands
+    key_file: Path = Path("/etc/concentrator/keys.json")   # 0600 JSON (concentrator.keystore)
+    max_delay: float = 300.0        # seconds a signed command's Tp may be old (Tp delay 0 or larger)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     paths: PathsConfig
@@ -306,6 +317,7 @@ class Config:
     archive: tuple[ArchiveMeter, ...]
     logging: LoggingConfig
     control: ControlConfig
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 # --- the checking reader -------------------------------------------------------------------------
@@ -741,7 +753,7 @@ def _control(s: _Section, runtime: Path, state: Path) -> ControlConfig:
 
 
 _TOP_KEYS = ("paths", "terminal", "module", "summary_meter", "mesh", "reading", "lineloss",
-             "store", "uplink", "archive", "logging", "control")
+             "store", "uplink", "archive", "logging", "control", "security")
 
 
 def parse(data: Any, source: str = "<config>") -> Config:
@@ -764,11 +776,22 @@ def parse(data: Any, source: str = "<config>") -> Config:
         archive=_archive(issues, top.data.get("archive")),
         logging=_logging(top.sub("logging")),
         control=_control(top.sub("control"), paths.runtime, paths.state),
+        security=_security(top.sub("security"), paths.etc),
     )
     top.finish()
     if issues:
         raise ConfigError(source, issues)
     return cfg
+
+
+def _security(s: _Section, etc: Path) -> SecurityConfig:
+    out = SecurityConfig(
+        require_mac=s.boolean("require_mac", True),
+        key_file=s.path("key_file", etc / "keys.json", base=etc),
+        max_delay=s.duration("max_delay", 300.0, lo=10, hi=86400),
+    )
+    s.finish()
+    return out
 
 
 def _logging(s: _Section) -> LoggingConfig:

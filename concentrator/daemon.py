@@ -471,6 +471,11 @@ class Daemon:
                 "task": last.task, "day": last.opens.date().isoformat(), "due": last.meters,
                 "read": round(last.final_rate * last.meters), "rate": round(last.final_rate, 4),
                 "first_rate": round(last.first_rate, 4), "next_task": None},
+            "rounds": {r.task: {"day": r.opens.date().isoformat(), "due": r.meters,
+                                "first_rate": round(r.first_rate, 4),
+                                "final_rate": round(r.final_rate, 4),
+                                "duration_s": round(r.duration_s, 1), "unread": len(r.unread)}
+                       for r in rounds},
             "uplink": self._uplink_state(stats),
             "store": {"size_bytes": stats.file_bytes if stats else None},
             "watchdog": {"healthy": self.watchdog.healthy(), "stale": list(self.watchdog.stale())},

@@ -803,7 +803,10 @@ class Reader:
         protocol = _protocol(getattr(sm, "protocol", None))
         # Back-fill the summary meter over the same days as the customers' meters, so the line
         # loss of a back-filled day has both ends.
-        days = sorted({b for bs in ctx.missing.values() for b in bs})
+        first_text = self.store.kv_get(f"reader.first_day.{ctx.task.name}")
+        first = date.fromisoformat(first_text) if first_text else ctx.day
+        since = max(first, ctx.day - timedelta(days=ctx.task.backfill_days))
+        days = [since + timedelta(days=i) for i in range((ctx.day - since).days)]
         gaps = [b for b in days if self.store.daily(sm.address, b) is None]
         if gaps:
             ctx.missing[sm.address] = gaps

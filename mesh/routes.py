@@ -65,6 +65,14 @@ class RouteConfig:
     max_load: int = 128
     #: extra cost a relieved route may have over the best route (0.3 s ~ 2 % probability)
     relief_margin: float = 0.3
+    #: weight (seconds) of the signal-quality margin of a hop: ``-ln`` of the quality prior of
+    #: both directions. With the module's MAC retries a marginal hop (quality ~7) and a strong
+    #: one (15) both look ~0.99 reliable in the read outcomes, but only the strong one keeps
+    #: working when the evening noise rises; this term picks it when both are known
+    quality_weight: float = 1.0
+    #: pessimism of the cost: each direction counts at ``p - uncertainty_k * std``, so a hop
+    #: known from one weak report does not carry a primary when a better-known path exists
+    uncertainty_k: float = 1.0
     #: share of nodes allowed deeper than max_relays in the tree before a per-hop surcharge
     #: is added (those nodes get an exact but slower hop-bounded search on every change)
     deep_share: float = 0.01
@@ -90,12 +98,20 @@ class HopMetric(NamedTuple):
         return HopMetric(self.cost, self.medium, self.p_back, self.p_fwd)
 
 
-def hop_cost(p_fwd: float, p_back: float, medium: str, cfg: RouteConfig) -> float | None:
-    """Additive cost of a hop, or None when it is too unreliable to use."""
+def hop_cost(p_fwd: float, p_back: float, medium: str, cfg: RouteConfig,
+             q_prior: float | None = None) -> float | None:
+    """Additive cost of a hop, or None when it is too unreliable to use.
+
+    ``q_prior`` is the product of both directions' quality priors (``links.quality_prior``)
+    when the module reported qualities: it adds the ``quality_weight`` margin term.
+    """
     p2 = p_fwd * p_back
     if p2 < cfg.p_floor:
         return None
-    return cfg.hop_time.get(medium, 0.15) + cfg.fail_cost * -math.log(p2)
+    cost = cfg.hop_time.get(medium, 0.15) + cfg.fail_cost * -math.log(p2)
+    if q_prior is not None and cfg.quality_weight:
+        cost += cfg.quality_weight * -math.log(max(q_prior, 1e-3))
+    return cost
 
 
 @dataclass(frozen=True, slots=True)

@@ -400,7 +400,19 @@ class Topology:
             # symmetric); a direction known to be down makes the hop unusable on that medium.
             pf = fwd.p_usable if fwd is not None else back.p_usable  # type: ignore[union-attr]
             pb = back.p_usable if back is not None else fwd.p_usable  # type: ignore[union-attr]
-            cost = hop_cost(pf, pb, m, self.route_cfg)
+            if hop_cost(pf, pb, m, self.route_cfg) is None:
+                continue
+            # The route cost is pessimistic (p - k*std) and counts the quality margin.
+            k = self.route_cfg.uncertainty_k
+            sf = fwd.std if fwd is not None else back.std  # type: ignore[union-attr]
+            sb = back.std if back is not None else fwd.std  # type: ignore[union-attr]
+            qf = fwd.quality if fwd is not None and fwd.quality is not None else (
+                back.quality if back is not None else None)
+            qb = back.quality if back is not None and back.quality is not None else qf
+            qp = None if qf is None else quality_prior(qf) * quality_prior(qb)
+            floor = self.route_cfg.p_floor
+            cost = hop_cost(max(pf - k * sf, floor), max(pb - k * sb, floor), m,
+                            self.route_cfg, qp)
             if cost is None:
                 continue
             if best is None or cost < best.cost:

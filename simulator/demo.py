@@ -160,14 +160,13 @@ async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: in
             reading = status.get("reading") or {}
             up = master.upload_summary()
             phase = ("forming the network" if status.get("discovering") else
-                     f"read {reading.get('task')} {100 * reading.get('rate', 0):.1f}%"
-                     if reading else "waiting for the 00:05 daily frozen window")
+                     f"last round {reading.get('task')} {100 * reading.get('rate', 0):.1f}%"
+                     if reading else "reading the daily frozen data")
             _line(f"{sim_now:%H:%M:%S}  nodes {nodes['online']}/{nodes['total']} routed  "
                   f"{phase}  uplink {status['uplink']['state']}, outbox "
                   f"{status['uplink'].get('outbox')}, master holds {up['readings']} readings")
-            daily_done = reading.get("task") == "daily_frozen" or any(
-                r.get("task") == "daily_frozen" for r in [reading])
-            if daily_done and status["uplink"].get("outbox") == 0:
+            daily = (status.get("rounds") or {}).get("daily_frozen")
+            if daily and status["uplink"].get("outbox") == 0:
                 done_since = done_since or time.monotonic()
                 if time.monotonic() - done_since > 2:
                     break
@@ -197,7 +196,7 @@ async def _summary(out: Path, sock: Path, status: dict[str, Any], master: Master
     t = truth(scenario, start + timedelta(hours=1), registers=False)
     reachable = sum(1 for n in t["nodes"] if n.get("hops") not in (None, 0)
                     and n["kind"] != "concentrator")
-    reading = status.get("reading") or {}
+    reading = (status.get("rounds") or {}).get("daily_frozen") or {}
     up = master.upload_summary()
     svg = out / "topology.svg"
     from concentrator import cli_ctl
@@ -210,8 +209,8 @@ async def _summary(out: Path, sock: Path, status: dict[str, Any], master: Master
           + ", ".join(f"L{lv}: {c}" for lv, c in sorted(by_level.items())))
     if reading:
         print(f"  daily frozen read {reading.get('day')}: first-attempt "
-              f"{100 * reading.get('first_rate', 0):.2f}%, final {100 * reading['rate']:.2f}% "
-              f"of {reading['due']} meters")
+              f"{100 * reading['first_rate']:.2f}%, final {100 * reading['final_rate']:.2f}% "
+              f"of {reading['due']} meters in {reading['duration_s'] / 60:.1f} simulated minutes")
     else:
         print("  daily frozen round: not finished within the time budget")
     print(f"  uploaded to the master: {up['readings']} readings in {up['items']} items, "

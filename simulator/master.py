@@ -11,6 +11,11 @@ and each violation is recorded (``violations`` table and ``MasterStation.violati
 of being tolerated silently. ``trace`` writes every frame in both directions as one line
 ``timestamp direction hex`` (direction ``up`` = terminal -> master, ``down``).
 
+Commands that change state (AFN 01/04/05/06/0F/10) are signed (``uplink.security``) with
+the key the master's ``KeyStore`` holds for that terminal, with a Tp whose PFC counts up per
+terminal (kept in the ``pfc`` table across connections and restarts). Without a key they go
+out unsigned (PW all zeros), as a legacy master would send them.
+
 Control: a connection whose first byte is ``{`` (instead of 68) speaks JSON lines: one request
 object per line, one reply object per line; ``concentrator-sim master-cmd`` uses it
 (``start_control`` opens a separate plain listener for TLS masters).
@@ -24,7 +29,7 @@ import json
 import logging
 import sqlite3
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -33,8 +38,10 @@ from typing import Any, TextIO
 
 from concentrator.clock import Clock, SystemClock
 from concentrator.codec import CodecError, Rejected
+from concentrator.keystore import KeyStore
 from uplink import gdw13761 as g
 from uplink import outbox as ob
+from uplink import security as sec
 
 __all__ = ["MasterStation", "MasterError", "terminal_key", "parse_terminal", "jsonable"]
 
@@ -53,6 +60,8 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS line_loss (
     terminal TEXT NOT NULL, day TEXT NOT NULL, value TEXT NOT NULL, received TEXT NOT NULL,
     PRIMARY KEY (terminal, day));
+CREATE TABLE IF NOT EXISTS pfc (
+    terminal TEXT PRIMARY KEY, pfc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS violations (
     id INTEGER PRIMARY KEY, terminal TEXT, time TEXT NOT NULL, message TEXT NOT NULL,
     frame TEXT NOT NULL);
@@ -126,7 +135,6 @@ class _Conn:
         self.last_pseq: int | None = None
         self.msg_open = False
         self.master_pseq = 0
-        self.pfc = 0
         self.request_lock = asyncio.Lock()
         self.waiting: tuple[g.Frame13761, asyncio.Queue[g.Frame13761]] | None = None
         self.peer = writer.get_extra_info("peername")
@@ -234,6 +242,7 @@ class _Conn:
         return out
 
     _got = 0
+    last_request: g.Frame13761 | None = None
 
     # --- terminal-initiated frames ------------------------------------------------------------
 
@@ -274,19 +283,34 @@ class _Conn:
             self.send(g.confirm(f, table=m.functions))
 
     async def request(self, afn: int, units: Sequence[g.DataUnit], *, tp_delay: int | None,
-                      tp_age: timedelta, timeout: float, msa: int) -> list[g.Frame13761]:
+                      tp_age: timedelta, timeout: float, msa: int,
+                      prepare: Callable[[g.Frame13761], g.Frame13761] | None = None,
+                      resend: g.Frame13761 | None = None) -> list[g.Frame13761]:
         if self.address is None:
             raise MasterError("terminal has not logged in")
         async with self.request_lock:
-            tp = None
-            if tp_delay is not None:
-                now = self.m.clock.now() - tp_age
-                tp = g.Tp(self.pfc, g.DayTime(now.day, now.hour, now.minute, now.second),
-                          tp_delay)
-                self.pfc = (self.pfc + 1) % 256
-            addr = g.Address(self.address.district, self.address.terminal, msa)
-            req = g.request(addr, afn, units, self.master_pseq, tp=tp, table=self.m.functions)
-            self.master_pseq = (self.master_pseq + 1) % 16
+            if resend is not None:
+                req = resend            # the exact frame again (a replay, for tests)
+            else:
+                key = self.m.keys.terminal_key(self.address.district, self.address.terminal) \
+                    if self.m.keys is not None else None
+                signing = key is not None and afn in sec.SIGNED_AFNS
+                if signing and tp_delay is None:
+                    tp_delay = self.m.sign_tp_delay     # a signed command needs a Tp
+                tp = None
+                if tp_delay is not None:
+                    now = self.m.clock.now() - tp_age
+                    tp = g.Tp(self.m._next_pfc(self.key or ""),
+                              g.DayTime(now.day, now.hour, now.minute, now.second), tp_delay)
+                addr = g.Address(self.address.district, self.address.terminal, msa)
+                req = g.request(addr, afn, units, self.master_pseq, tp=tp,
+                                table=self.m.functions)
+                self.master_pseq = (self.master_pseq + 1) % 16
+                if signing and key is not None:
+                    req = sec.sign(req, key)
+                if prepare is not None:
+                    req = prepare(req)   # tests: alter the signed frame as an attacker would
+            self.last_request = req
             q: asyncio.Queue[g.Frame13761] = asyncio.Queue()
             self.waiting, self._got = (req, q), 0
             try:
@@ -314,7 +338,8 @@ class MasterStation:
 
     def __init__(self, db: str | Path, *, trace: str | Path | None = None,
                  ssl_context: ssl.SSLContext | None = None, clock: Clock | None = None,
-                 functions: g.FunctionTable = g.DEFAULT_FUNCTIONS, msa: int = 1) -> None:
+                 functions: g.FunctionTable = g.DEFAULT_FUNCTIONS, msa: int = 1,
+                 keys: KeyStore | None = None, sign_tp_delay: int = 5) -> None:
         self.db_path = Path(db)
         self.db = sqlite3.connect(str(self.db_path), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -322,6 +347,8 @@ class MasterStation:
         self.clock = clock or SystemClock()
         self.functions = functions
         self.msa = msa
+        self.keys = keys                    # per-terminal MAC keys; None = send unsigned
+        self.sign_tp_delay = sign_tp_delay  # Tp delay (minutes) on signed commands
         self.ssl_context = ssl_context
         self._trace_file: TextIO | None = open(trace, "a") if trace else None  # noqa: SIM115
         self.conns: dict[str, _Conn] = {}
@@ -445,6 +472,15 @@ class MasterStation:
         self.db.execute(f"UPDATE terminals SET {what} = {what} + 1, last_seen = ? "
                         "WHERE terminal = ?", (self.clock.now().isoformat(), key))
 
+    def _next_pfc(self, terminal: str) -> int:
+        """The next Tp PFC for ``terminal``: counts up mod 256 and survives restarts, so the
+        terminal's replay guard sees every new command as newer than the last."""
+        row = self.db.execute("SELECT pfc FROM pfc WHERE terminal = ?", (terminal,)).fetchone()
+        pfc = 0 if row is None else (row[0] + 1) % 256
+        self.db.execute("INSERT OR REPLACE INTO pfc (terminal, pfc) VALUES (?, ?)",
+                        (terminal, pfc))
+        return pfc
+
     def _login_event(self, key: str | None) -> None:
         for fut in self._login_waiters.pop(key or "", []):
             if not fut.done():
@@ -512,15 +548,25 @@ class MasterStation:
 
     async def request(self, terminal: str, afn: int, units: Sequence[g.DataUnit], *,
                       tp_delay: int | None = None, tp_age: timedelta = timedelta(0),
-                      timeout: float = 10.0) -> list[g.Frame13761]:
+                      timeout: float = 10.0,
+                      prepare: Callable[[g.Frame13761], g.Frame13761] | None = None,
+                      resend: g.Frame13761 | None = None) -> list[g.Frame13761]:
         """Send a request; the answer frames (several for a multi-frame answer).
 
-        ``tp_delay`` adds a Tp with that allowed delay (minutes), sent ``tp_age`` ago."""
+        ``tp_delay`` adds a Tp with that allowed delay (minutes), sent ``tp_age`` ago (signed
+        commands always get one). ``prepare`` changes the built (signed) frame before it is
+        sent and ``resend`` sends an earlier frame byte for byte: attacks, for tests."""
         conn = self.conns.get(terminal)
         if conn is None:
             raise MasterError(f"terminal {terminal} is not connected")
         return await conn.request(afn, units, tp_delay=tp_delay, tp_age=tp_age,
-                                  timeout=timeout, msa=self.msa)
+                                  timeout=timeout, msa=self.msa, prepare=prepare,
+                                  resend=resend)
+
+    def last_request(self, terminal: str) -> g.Frame13761 | None:
+        """The last request frame sent to ``terminal`` on its current connection."""
+        conn = self.conns.get(terminal)
+        return None if conn is None else conn.last_request
 
     async def ask(self, terminal: str, afn: int, units: Sequence[g.DataUnit], **kw: Any
                   ) -> list[g.DecodedUnit]:

@@ -405,3 +405,50 @@ def test_incremental_recompute_matches_a_full_recompute(seed, changes):
     # every node's level agrees with its primary route
     for n, rs in full.items():
         assert topo.node(n).level == (rs[0].level if rs else None)
+
+
+# --- route cost: quality margin and uncertainty (issue 4) -------------------------------------
+
+def _learned(topo: Topology, u: str, v: str, quality: int, successes: int) -> None:
+    """Both directions of u-v heard at ``quality`` and then read ``successes`` times."""
+    for x, y in ((u, v), (v, u)):
+        topo.observe(x, y, True, quality=quality, t=1.0, weight=max(1, successes))
+
+
+def test_a_marginal_hop_does_not_carry_the_primary_when_strong_hops_exist():
+    # With MAC retries a quality-7 hop and quality-15 hops all read ~always, so the outcomes
+    # cannot tell them apart; the marginal one fails first when the evening noise rises.
+    topo = make(2)
+    _learned(topo, ROOT, a(3), quality=7, successes=2000)
+    _learned(topo, ROOT, a(2), quality=15, successes=2000)
+    _learned(topo, a(2), a(3), quality=15, successes=2000)
+    assert topo.primary(a(3)).relays == (a(2),)
+    assert [r.relays for r in topo.routes(a(3))][1] == ()  # the direct hop is the alternate
+
+
+def test_a_hop_known_from_one_report_loses_to_a_well_known_path():
+    topo = make(2)
+    _learned(topo, ROOT, a(3), quality=12, successes=1)  # one search report
+    link(topo, ROOT, a(2), 0.98)  # well known (a million observations)
+    link(topo, a(2), a(3), 0.98)
+    assert topo.primary(a(3)).relays == (a(2),)
+    # Once the direct hop has proved itself it is the better (shorter) route again.
+    _learned(topo, ROOT, a(3), quality=12, successes=80)
+    assert topo.primary(a(3)).relays == ()
+
+
+def test_alternates_follow_learning_without_a_new_search():
+    topo = ladder()
+    first = topo.routes(a(20))
+    # A cached alternate that gets much worse is replaced at once.
+    alt = first[1]
+    for _ in range(6):
+        topo.observe(alt.relays[0], alt.relays[1], False, t=2.0, weight=3.0)
+    again = topo.routes(a(20))
+    assert alt.path not in [r.path for r in again]
+    # A small change only re-prices the cached alternates (same paths, new p).
+    p_before = {r.path: r.p for r in again}
+    topo.observe(again[-1].relays[-1], a(20), True, t=3.0)
+    later = topo.routes(a(20))
+    assert [r.path for r in later] == [r.path for r in again]
+    assert later[-1].p != p_before[later[-1].path]

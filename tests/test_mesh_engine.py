@@ -350,3 +350,32 @@ def test_generated_district_is_found_and_read(channel):
         await d.close()
         await driver.close()
     run(main())
+
+
+def test_generated_feeder_every_reachable_node_is_found():
+    """Issue 4: on a 200-meter hplc feeder discovery used to stop with 115 of the 200 reachable
+    nodes (covered proxies were skipped and never searched); weakly heard nodes now also keep
+    answering later searches until heard well, so they get more than one known hop."""
+    from simulator.district import SimDistrict
+    from simulator.generate import generate
+    from simulator.module import COMM_MODE
+
+    async def main():
+        sc = generate(200, "feeder", seed=1, channel="hplc", events=False)
+        d = SimDistrict(sc)
+        driver = ModuleDriver(d.module_link(), comm_mode=COMM_MODE["hplc"], clock=d.clock)
+        await driver.start()
+        mesh = Mesh(driver, Topology(sc.concentrator.address), clock=d.clock,
+                    config=MeshConfig(probing=False))
+        truth = d.truth(registers=False)
+        reach = {n["address"] for n in truth["nodes"]
+                 if n["hops"] and n["collector"] is None and n["kind"] != "concentrator"}
+        await mesh.discover()
+        routed = {a for a in reach if mesh.topology.primary(a) is not None}
+        assert routed == reach
+        # Weakly heard nodes were registered with the module in the end all the same.
+        module = d.module
+        assert reach <= set(module.archive)
+        await d.close()
+        await driver.close()
+    run(main())

@@ -11,7 +11,10 @@ exponential backoff when confirmations stop. While connected it
   disconnect or restart the upload resumes from the oldest unconfirmed row;
 * serves the master's requests (AFN01/04/05/09/0A/0C/0D/0E/10) through the store and a small
   ``TerminalServices`` object the daemon supplies; anything else gets AFN00 F2 (deny);
-  downlink requests whose Tp has expired are dropped and logged.
+  downlink requests whose Tp has expired are dropped and logged;
+* with a ``CommandGuard`` (``uplink.security``), refuses state-changing commands (AFN 01/04/05/
+  06/0F/10) that are unsigned, altered, replayed or old: AFN00 F2, a SECURITY log line and an
+  ERC20 (authentication error) event that the upload loop sends to the master.
 
 Every wait is an asyncio timer, so the client runs unchanged under the simulator's
 virtual-time loop. Time of day comes from the injected ``Clock``.
@@ -34,9 +37,10 @@ from concentrator import dlt645
 from concentrator.clock import Clock
 from concentrator.codec import CodecError, Rejected
 from concentrator.config import HostPort, TlsConfig, UplinkConfig
-from concentrator.store import Event, LineLoss, MeterRecord, RealtimeReading, Store
+from concentrator.store import Event, LineLoss, MeterRecord, RealtimeReading, Store, StoreError
 from uplink import gdw13761 as g
 from uplink import outbox as ob
+from uplink import security as sec
 
 __all__ = [
     "TerminalServices",
@@ -56,6 +60,7 @@ _KV_COMM = "uplink.comm_params"
 _KV_MASTER = "uplink.master"
 _KV_DEVICES = "uplink.devices"
 _KV_LINE_LOSS = "uplink.line_loss_sent"
+_ERC20_PER_HOUR = 30    # a flood of forged commands must not fill the store and the uplink
 
 
 class TerminalServices(Protocol):
@@ -210,8 +215,8 @@ class UplinkClient:
 
     def __init__(self, config: UplinkConfig, terminal: g.Address, store: Store,
                  services: TerminalServices, clock: Clock,
-                 options: UplinkOptions | None = None, *, rng: random.Random | None = None
-                 ) -> None:
+                 options: UplinkOptions | None = None, *, rng: random.Random | None = None,
+                 guard: sec.CommandGuard | None = None) -> None:
         self.config = config
         self.terminal = terminal
         self.store = store
@@ -219,6 +224,9 @@ class UplinkClient:
         self.clock = clock
         self.options = options or UplinkOptions()
         self._rng = rng or random.Random()
+        # None = commands are not authenticated; the daemon passes one built from ``security``.
+        self.guard = guard
+        self._erc20_times: list[float] = []
         self._ssl = ssl_client_context(config.tls)
         self._pseq = 0
         self._stopping = asyncio.Event()
@@ -231,7 +239,7 @@ class UplinkClient:
         self.stats: dict[str, int] = {"connects": 0, "logins": 0, "frames_sent": 0,
                                       "frames_confirmed": 0, "rows_confirmed": 0,
                                       "requests_served": 0, "requests_denied": 0,
-                                      "tp_expired": 0}
+                                      "tp_expired": 0, "auth_refused": 0}
         self.heartbeat_period = config.heartbeat_period
         comm = store.kv_get(_KV_COMM)
         if comm and comm.get("heartbeat_min"):
@@ -468,12 +476,41 @@ class _Session:
                 return
             self._answer(f)
             return
-        if f.tp is not None and g.tp_expired(f.tp, self.c.clock.now()):
+        guard = self.c.guard
+        if guard is not None and guard.require_mac and sec.needs_mac(f):
+            # The guard checks the Tp itself (and lets a time-set through a wrong clock).
+            verdict = guard.check(f, self.c.clock.now())
+            if not verdict.ok:
+                self._refuse(f, verdict)
+                return
+        elif f.tp is not None and g.tp_expired(f.tp, self.c.clock.now()):
             self.c.stats["tp_expired"] += 1
             log.warning("%s: dropped AFN%02X seq %d: Tp %s + %d min has expired", self.label,
                         f.afn, f.seq.seq, f.tp.send_time, f.tp.delay)
             return
         task = asyncio.create_task(self._serve(f))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _refuse(self, f: g.Frame13761, verdict: sec.Verdict) -> None:
+        """Deny a command that failed authentication: AFN00 F2, log line, ERC20 event."""
+        c = self.c
+        c.stats["auth_refused"] += 1
+        log.warning("%s: SECURITY: refused AFN%02X seq %d from MSA %d: %s (%s)", self.label,
+                    f.afn, f.seq.seq, f.address.msa, verdict.reason, verdict.detail)
+        now = asyncio.get_running_loop().time()
+        c._erc20_times = [t for t in c._erc20_times if now - t < 3600.0]
+        if len(c._erc20_times) < _ERC20_PER_HOUR:
+            c._erc20_times.append(now)
+            try:
+                c.store.add_event(sec.ERC_AUTH, None, verdict.event_detail(f))
+                c.notify_outbox()
+            except StoreError as exc:
+                log.error("%s: could not record ERC20: %s", self.label, exc)
+        else:
+            log.warning("%s: SECURITY: ERC20 limit of %d per hour reached; event not recorded",
+                        self.label, _ERC20_PER_HOUR)
+        task = asyncio.create_task(self.send(g.deny(f, table=self.o.functions)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
