@@ -1,0 +1,61 @@
+"""The daemon end to end: `make run`'s path at a small size, and the CLI against it.
+
+A 20-meter HPLC district on ptys, the master station on loopback, the real daemon process in
+accelerated time from an empty archive. Then the field engineer's commands against the running
+daemon, and after SIGTERM a store that passes its integrity check with every reading in it.
+"""
+
+import asyncio
+import json
+import sqlite3
+
+from click.testing import CliRunner
+
+from concentrator.cli import main as cli
+from simulator import demo
+
+
+def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
+    out = tmp_path / "run"
+    seen = {}
+
+    async def on_ready(sock):
+        def cli_json(*args):
+            res = CliRunner().invoke(cli, ["--socket", str(sock), *args, "--json"])
+            assert res.exit_code == 0, res.output
+            return json.loads(res.output)
+
+        seen["status"] = await asyncio.to_thread(cli_json, "status")
+        seen["nodes"] = await asyncio.to_thread(cli_json, "nodes")
+        seen["db"] = await asyncio.to_thread(cli_json, "db", "stats")
+        first = seen["nodes"]["nodes"][0]["address"]
+        seen["node"] = await asyncio.to_thread(cli_json, "node", first)
+        seen["read"] = await asyncio.to_thread(cli_json, "read", first, "--item", "energy")
+        human = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["--socket", str(sock), "topology", "--format", "tree"])
+        seen["tree"] = human.output
+
+    code = asyncio.run(demo.run_demo(20, "hplc", 20.0, out, 3, 150.0, on_ready=on_ready))
+    assert code == 0, (out / "daemon.log").read_text()[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["nodes"] == summary["reachable_truth"] == 20
+    assert summary["reading"]["final_rate"] == 1.0
+    assert summary["master"]["readings"] > 0 and summary["master"]["violations"] == 0
+    assert seen["status"]["module"]["connected"] is True
+    assert seen["status"]["uplink"]["state"] == "online"
+    assert len(seen["nodes"]["nodes"]) == 20
+    assert seen["node"]["routes"], seen["node"]
+    assert seen["read"]["values"][0]["value"] is not None
+    assert seen["db"]["rows"]["daily"] >= 20
+    assert "000" in seen["tree"]
+    # SIGTERM left a consistent store holding the day's readings.
+    db = sqlite3.connect(out / "concentrator.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT COUNT(*) FROM daily").fetchone()[0] >= 20
+    log = (out / "daemon.log").read_text()
+    assert "daemon: stopped cleanly" in log
+
+
+def test_cli_reports_an_unreachable_daemon_with_exit_code_3(tmp_path):
+    res = CliRunner().invoke(cli, ["--socket", str(tmp_path / "none.sock"), "status"])
+    assert res.exit_code == 3
