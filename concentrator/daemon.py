@@ -336,6 +336,7 @@ class Daemon:
                 if scfg.backup_path and self.clock.monotonic() - last_backup >= scfg.backup_period:
                     self.store.backup(scfg.backup_path)
                     last_backup = self.clock.monotonic()
+                    self.store.kv_set("daemon.last_backup", self._iso(self.clock.now()))
                 self.faults.recovered("store")
             except Exception as exc:
                 self.faults.fail("store", str(exc))
@@ -441,7 +442,7 @@ class Daemon:
         state = "quarantined" if status == "quarantined" else (
             "online" if n.get("route") else "silent")
         return {
-            "address": n["address"], "level": n.get("level"), "phase": n.get("phase"),
+            "address": n["address"], "level": n.get("level"), "phase": _phase(n.get("phase")),
             "state": state, "protocol": n.get("protocol"), "device": n.get("kind"),
             "relays": (n.get("route") or {}).get("relays", []),
             "success_rate": round(ok / (ok + bad), 4) if ok + bad else None,
@@ -536,7 +537,7 @@ class Daemon:
             relays = (n.get("route") or {}).get("relays", [])
             nodes.append({"address": n["address"], "level": n.get("level"),
                           "parent": relays[-1] if relays else root,
-                          "state": self._node_view(n)["state"], "phase": n.get("phase")})
+                          "state": self._node_view(n)["state"], "phase": _phase(n.get("phase"))})
         for n in snap["nodes"]:
             for lk in n.get("links", []):
                 key = tuple(sorted((n["address"], lk["to"])))
@@ -617,25 +618,59 @@ class Daemon:
 
     async def _h_db(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.store is not None
-        s = self.store.stats()
-        return {"path": str(self.store.path), "rows": dict(s.rows), "file_bytes": s.file_bytes,
-                "used_bytes": s.used_bytes, "outbox_depth": s.outbox_depth,
-                "schema_version": s.schema_version, "size_cap_bytes": s.size_cap_bytes}
+        st = self.store.stats()
+        rows = dict(st.rows)
+        day = self.store.db.execute("SELECT MIN(read_time), MAX(read_time) FROM daily").fetchone()
+        return {"path": str(self.store.path), "size_bytes": st.file_bytes,
+                "size_cap": st.size_cap_bytes,
+                "tables": {"readings": sum(rows.get(t, 0) for t in ("daily", "curve", "realtime")),
+                           "events": rows.get("events", 0), "outbox": st.outbox_depth, **rows},
+                "oldest_reading": day[0], "newest_reading": day[1],
+                "last_backup": self.store.kv_get("daemon.last_backup"),
+                "schema_version": st.schema_version}
 
-    async def _h_events(self, args: dict[str, Any]) -> AsyncIterator[Any]:
+    def _event_view(self, ev: Any) -> dict[str, Any]:
+        name = gdw13761.ERC_NAMES.get(ev.erc, f"ERC{ev.erc}")
+        detail = dict(ev.detail)
+        text = detail.get("what") or detail.get("fault") or detail.get("why") or name
+        return {"at": self._iso(ev.time), "kind": name, "erc": ev.erc, "address": ev.meter,
+                "text": f"{name}: {text}" if text != name else name, "data": detail}
+
+    def _events_after(self, pointer: int, since: datetime | None) -> tuple[list[Any], int]:
         assert self.store is not None
-        pointer = int(args.get("since") or 0)
-        limit = int(args.get("limit") or 100)
-        follow = bool(args.get("follow"))
+        out = []
         while True:
-            events = self.store.events_since(pointer, limit)
-            for ev in events:
+            batch = self.store.events_since(pointer, 500)
+            if not batch:
+                return out, pointer
+            for ev in batch:
                 pointer = ev.id
-                yield {"id": ev.id, "erc": ev.erc, "meter": ev.meter,
-                       "time": self._iso(ev.time), "detail": dict(ev.detail)}
-            if not follow:
-                break
+                if since is None or ev.time >= since:
+                    out.append(ev)
+
+    def _h_events(self, args: dict[str, Any]) -> Any:
+        # A coroutine for a one-off listing, an async generator (streamed) with ``follow``.
+        since = datetime.fromisoformat(args["since"]) if args.get("since") else None
+        limit = int(args["limit"]) if args.get("limit") else None
+        events, pointer = self._events_after(0, since)
+        if limit is not None:
+            events = events[-limit:]
+        if args.get("follow"):
+            return self._follow_events(events, pointer)
+        return self._listing({"events": [self._event_view(e) for e in events]})
+
+    @staticmethod
+    async def _listing(result: dict[str, Any]) -> dict[str, Any]:
+        return result
+
+    async def _follow_events(self, first: list[Any], pointer: int) -> AsyncIterator[Any]:
+        for ev in first:
+            yield self._event_view(ev)
+        while True:
             await asyncio.sleep(1.0)
+            new, pointer = self._events_after(pointer, None)
+            for ev in new:
+                yield self._event_view(ev)
 
     async def _h_archive_list(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.store is not None
@@ -735,9 +770,16 @@ def _is_hex(s: str) -> bool:
         return False
 
 
+def _phase(value: Any) -> str | None:
+    # The module reports the measured phase as 1..3 (0 unknown); the CLI shows A/B/C.
+    if isinstance(value, int):
+        return {1: "A", 2: "B", 3: "C"}.get(value)
+    return value or None
+
+
 def _text(value: Any) -> Any:
     if isinstance(value, tuple):
-        return _text(value[0]) if value else None
+        return " / ".join(str(_text(v)) for v in value) if value else None
     if hasattr(value, "relay_open"):
         return "open" if value.relay_open else "closed"
     return None if value is None else str(value)

@@ -342,6 +342,9 @@ class _Job:
         return self.ok and self.attempts == self.exchanges
 
 
+BACKFILL_RETRY_PASSES = 3  # make-up passes that retry a failed back-fill of a missed day
+
+
 @dataclass(slots=True)
 class _RoundCtx:
     task: Task
@@ -479,6 +482,12 @@ class Reader:
                     first_pass = loop.time() - t0
                 pending = [m for m, r in results.items() if not r.ok and r.applicable
                            and r.outcome != WINDOW_CLOSED]
+                if passes <= BACKFILL_RETRY_PASSES:
+                    # Meters read today whose back-fill failed get the missed days again (the
+                    # line loss of a back-filled day needs every meter's two freezes).
+                    pending += [m for m in ctx.missing if m in results and results[m].ok
+                                and m != getattr(self.summary, "address", None)
+                                and any(self.store.daily(m, b) is None for b in ctx.missing[m])]
                 if not pending:
                     break
                 if self.clock.now() + timedelta(seconds=task.retry_pause_s) >= closes:

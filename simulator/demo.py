@@ -227,23 +227,31 @@ async def _summary(out: Path, sock: Path, status: dict[str, Any], master: Master
           f"confirmed (outbox now {status['uplink'].get('outbox')}); "
           f"duplicates {up['copies_received'] - up['items']}, protocol violations "
           f"{up['violations']}")
+    day = start.date() - timedelta(days=1)
     store = Store.open(out / "concentrator.db", clock=_FixedClock(start))
     try:
-        day = start.date() - timedelta(days=1)
         ll = store.line_loss(day)
+        covered = ({r.meter for r in store.daily_for_date(day)}
+                   & {r.meter for r in store.daily_for_date(start.date())})
     finally:
         store.close()
-    if ll is not None:
+    if ll is not None and ll.loss_pct is not None:
         from simulator.meterdata import MeterData
 
         md = MeterData(scenario)
         t0 = (datetime.combine(day, datetime.min.time()) - start).total_seconds()
-        true_pct = 100 * md.line_loss(t0, t0 + 86400.0)["loss_rate"]
-        loss = "n/a" if ll.loss_pct is None else f"{float(ll.loss_pct):.2f}%"
-        print(f"  line loss {day}: {loss} over {ll.meters_covered}/"
-              f"{ll.meters_total} meters (simulator truth {true_pct:.2f}%)")
+        t1 = t0 + 86400.0
+        truth_all = 100 * md.line_loss(t0, t1)["loss_rate"]
+        supplied = float(md.summary_energy(t1) - md.summary_energy(t0))
+        billed = sum(float(md.energy(m, t1)[0] - md.energy(m, t0)[0])
+                     - float(md.energy(m, t1, True)[0] - md.energy(m, t0, True)[0])
+                     for m in covered if m in {x.address for x in scenario.all_meters()})
+        truth_cov = 100 * (supplied - billed) / supplied if supplied else float("nan")
+        print(f"  line loss {day}: {float(ll.loss_pct):.2f}% over {ll.meters_covered}/"
+              f"{ll.meters_total} meters; simulator truth {truth_cov:.2f}% over the same meters "
+              f"({truth_all:.2f}% over all)")
     else:
-        print("  line loss: not computed (the summary meter or a day's freezes are missing)")
+        print("  line loss: not computed yet (needs the summary meter and two daily freezes)")
     print(f"  topology picture: {svg}")
     print(f"  logs: {out / 'daemon.log'}, {out / 'simulator.log'}, master trace "
           f"{out / 'master-trace.txt'}")

@@ -17,8 +17,6 @@ from concentrator.store import MeterRecord
 from simulator.master import MasterError
 from tests.test_uplink import (
     KEY,
-    START,
-    TERMINAL,
     FakeServices,
     make_client,
     make_store,
@@ -214,6 +212,7 @@ async def test_replayed_altered_old_foreign_and_unsigned_commands_are_denied(sec
     # Nothing changed, every refusal was logged and recorded as ERC20 for the master.
     assert services.calls == []
     assert store.meter("000000000003") is None
+    assert store.meter("000000000002") is None          # what the flipped bit asked for
     assert client.stats["auth_refused"] == 5
     assert len(erc20(store)) == 5
     security_lines = [r for r in caplog.records if "SECURITY" in r.getMessage()]
@@ -301,3 +300,18 @@ def test_saved_key_store_is_0600_and_round_trips(tmp_path):
     assert again.meter_password("000000000161") == MeterPassword(4, "000001", "12345678")
     with pytest.raises(KeyStoreError):
         ks.set_terminal_key("4403", 8, b"short")
+
+
+async def test_a_flood_of_forged_commands_is_denied_but_stores_few_erc20(secured, monkeypatch):
+    m, client, store, services = secured
+    monkeypatch.setattr("uplink.client._ERC20_PER_HOUR", 2)
+    keys, m.keys = m.keys, None                      # the forger has no key
+    try:
+        for _ in range(4):
+            with pytest.raises(MasterError, match="denied"):
+                await m.reset(KEY, 1)
+    finally:
+        m.keys = keys
+    assert client.stats["auth_refused"] == 4
+    assert len(erc20(store)) == 2
+    assert not any(c[0] == "reset" for c in services.calls)
