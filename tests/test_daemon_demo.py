@@ -46,7 +46,7 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
     assert len(seen["nodes"]["nodes"]) == 20
     assert seen["node"]["routes"], seen["node"]
     assert seen["read"]["values"][0]["value"] is not None
-    assert seen["db"]["rows"]["daily"] >= 20
+    assert seen["db"]["tables"]["daily"] >= 20
     assert "000" in seen["tree"]
     # SIGTERM left a consistent store holding the day's readings.
     db = sqlite3.connect(out / "concentrator.db")
