@@ -9,8 +9,7 @@ loader (``simulator.scenario.loads``). Each harness asserts that
   ``ScenarioError``; the control server answers every line with a JSON error reply and keeps
   serving),
 * memory stays bounded (a stream decoder never buffers more than its cap),
-* no input hangs a parser (each example runs under a hard ``SIGALRM`` limit, and hypothesis's
-  own deadline).
+* no input hangs a parser (each example runs under a hard ``SIGALRM`` limit of ``LIMIT_S``).
 
 Inputs are random bytes/text plus *mutations of valid seeds* (bit flips, byte edits, cuts,
 with length and checksum fields re-fixed so the mutation reaches the data-unit decoders).
@@ -28,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -405,7 +404,9 @@ def harnesses(control: ControlHarness | None = None) -> list[Harness]:
 
 # --- the tests ---------------------------------------------------------------------------------
 
-_FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=LIMIT_S), database=None,
+# The per-example deadline is the SIGALRM limit in each example: hypothesis's own deadline
+# reports "unreliable timings" when a loaded machine slows one run, which is not a parser bug.
+_FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 
