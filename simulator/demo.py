@@ -98,16 +98,16 @@ async def _status(sock: Path) -> dict[str, Any] | None:
 
 
 async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: int,
-                   budget_s: float, on_ready: Any = None) -> int:
-    """Run the demo; ``on_ready(socket_path)`` (tests) is awaited while everything still runs."""
+                   budget_s: float, on_ready: Any = None, layout: str = "street") -> int:
+    """Run the demo; ``on_ready(socket_path, master)`` (tests) is awaited while all still runs."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, mode=0o750)
-    scenario = generate(meters, "street", seed, channel=channel)
+    scenario = generate(meters, layout, seed, channel=channel)
     scen_path = out / "district.yaml"
     scen_path.write_text(dump(scenario))
     start = scenario.start
-    print(f"district: {meters} meters, street layout, {channel}, seed {seed} -> {scen_path}")
+    print(f"district: {meters} meters, {layout} layout, {channel}, seed {seed} -> {scen_path}")
 
     # The concentrator was installed the day before: yesterday's freezes are back-filled, so the
     # first morning already gives a day of line loss (needs two daily freezes).
@@ -179,7 +179,7 @@ async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: in
             return 1
         code = await _summary(out, sock, status, master, scenario, start)
         if on_ready is not None:
-            await on_ready(sock)
+            await on_ready(sock, master)
         return code
     finally:
         for p in reversed(procs):  # the daemon first, so the module port does not vanish under it
@@ -267,6 +267,7 @@ async def _summary(out: Path, sock: Path, status: dict[str, Any], master: Master
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--meters", type=int, default=200)
+    ap.add_argument("--layout", default="street", choices=["street", "feeder", "flats"])
     ap.add_argument("--channel", default="hplc", choices=["npl", "hplc", "rf", "dual"])
     ap.add_argument("--factor", type=float, default=25.0, help="times faster than real time")
     ap.add_argument("--seed", type=int, default=1)
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=150.0, help="wall seconds before giving up")
     args = ap.parse_args(argv)
     return asyncio.run(run_demo(args.meters, args.channel, args.factor, args.out.resolve(),
-                                args.seed, args.budget))
+                                args.seed, args.budget, layout=args.layout))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The daemon end to end: `make run`'s path at a small size, and the CLI against it.
 
-A 20-meter HPLC district on ptys, the master station on loopback, the real daemon process in
+A 20-meter HPLC feeder (meters up to 3 relays out) on ptys, the master station on loopback, the real daemon process in
 accelerated time from an empty archive. Then the field engineer's commands against the running
 daemon, and after SIGTERM a store that passes its integrity check with every reading in it.
 """
@@ -8,18 +8,21 @@ daemon, and after SIGTERM a store that passes its integrity check with every rea
 import asyncio
 import json
 import sqlite3
+from decimal import Decimal
 
 from click.testing import CliRunner
 
+from concentrator import dlt645
 from concentrator.cli import main as cli
 from simulator import demo
+from uplink import gdw13761
 
 
 def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
     out = tmp_path / "run"
     seen = {}
 
-    async def on_ready(sock):
+    async def on_ready(sock, master):
         def cli_json(*args):
             res = CliRunner().invoke(cli, ["--socket", str(sock), *args, "--json"])
             assert res.exit_code == 0, res.output
@@ -34,8 +37,18 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
         human = await asyncio.to_thread(
             CliRunner().invoke, cli, ["--socket", str(sock), "topology", "--format", "tree"])
         seen["tree"] = human.output
+        # The master forwards a DL/T 645 read to the deepest meter, through the mesh.
+        deepest = max(seen["nodes"]["nodes"], key=lambda n: n["level"] or 0)
+        seen["deepest"] = deepest
+        request = dlt645.encode(dlt645.read_request(deepest["address"], 0x00010000))
+        seen["forwarded"] = await master.forward("4403:1", request, timeout_s=60)
+        # The master adds a meter to the archive: the daemon's archive (and mesh) follow.
+        rec = gdw13761.MeterRecord(device_no=1, point=1, address="000000999999")
+        seen["archive_set"] = await master.set_archive("4403:1", [rec])
+        seen["archive"] = await asyncio.to_thread(cli_json, "archive", "list")
 
-    code = asyncio.run(demo.run_demo(20, "hplc", 20.0, out, 3, 150.0, on_ready=on_ready))
+    code = asyncio.run(demo.run_demo(20, "hplc", 20.0, out, 1, 150.0, on_ready=on_ready,
+                                     layout="feeder"))
     assert code == 0, (out / "daemon.log").read_text()[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["nodes"] == summary["reachable_truth"] == 20
@@ -48,6 +61,13 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
     assert seen["read"]["values"][0]["value"] is not None
     assert seen["db"]["tables"]["daily"] >= 20
     assert "000" in seen["tree"]
+    assert len(seen["deepest"]["relays"]) >= 3, seen["deepest"]
+    reply = dlt645.decode(seen["forwarded"])
+    assert reply.address == seen["deepest"]["address"] and not reply.is_error
+    assert isinstance(dlt645.decode_value(0x00010000, reply.value_bytes), Decimal)
+    assert seen["archive_set"] is True
+    added = [m for m in seen["archive"]["meters"] if m["address"] == "000000999999"]
+    assert added and added[0]["source"] == "archive" and added[0]["point"] == 1
     # SIGTERM left a consistent store holding the day's readings.
     db = sqlite3.connect(out / "concentrator.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
