@@ -53,8 +53,14 @@ class LoopClock:
         self._offset = timedelta(0)
 
     def _time(self) -> float:
-        loop = self._loop or asyncio.get_event_loop()
-        return loop.time()
+        if self._loop is not None:
+            return self._loop.time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            # Used outside a running loop (set-up code, synchronous tests): real monotonic time,
+            # which is what a plain event loop's time() is as well.
+            return time.monotonic()
 
     def monotonic(self) -> float:
         return self._time()
