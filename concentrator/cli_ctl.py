@@ -30,6 +30,7 @@ from concentrator.control import CommandFailed, ControlClient, ControlError, Dae
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_UNREACHABLE", "DEFAULT_SOCKET", "COMMANDS",
     "render_status", "render_nodes", "render_node", "render_tree", "render_dot", "render_svg",
+    "render_png",
     "render_read", "render_schedule", "render_uplink", "render_db_stats", "render_event",
     "render_archive", "render_audit",
 ]
@@ -323,6 +324,36 @@ def render_svg(topo: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def render_png(topo: Mapping[str, Any]) -> bytes:
+    """The ``render_svg`` picture as PNG bytes, drawn with Pillow (raises ImportError without it)."""
+    import io
+    import re
+
+    from PIL import Image, ImageDraw
+
+    svg = render_svg(topo)
+    size = re.search(r'width="(\d+)" height="(\d+)"', svg)
+    width, height = (int(size.group(1)), int(size.group(2))) if size else (200, 100)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    num = r'"([-\d.]+)"'
+    for m in re.finditer(r'<line x1=' + num + ' y1=' + num + ' x2=' + num + ' y2=' + num
+                         + r' stroke="(#\w+)"(?: stroke-width="(\d+)")?', svg):
+        x1, y1, x2, y2 = (float(v) for v in m.groups()[:4])
+        draw.line((x1, y1, x2, y2), fill=m.group(5), width=int(m.group(6) or 1))
+    for m in re.finditer(r'<rect x=' + num + ' y=' + num + ' width=' + num + ' height=' + num
+                         + r' rx="\d+" fill="(#\w+)"', svg):
+        x, y, w, h = (float(v) for v in m.groups()[:4])
+        draw.rectangle((x, y, x + w, y + h), fill=m.group(5), outline="#333333")
+    for m in re.finditer(r'<text x=' + num + ' y=' + num + r' text-anchor="middle">([^<]*)</text>',
+                         svg):
+        x, y, text = float(m.group(1)), float(m.group(2)), m.group(3)
+        draw.text((x, y - 4), text, fill="black", anchor="mm")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def render_read(r: Mapping[str, Any]) -> str:
     rows = [(v.get("item"), v.get("value"), v.get("unit") or "", v.get("error") or "")
             for v in r.get("values") or []]
@@ -450,12 +481,18 @@ def topology(fmt: str, output: str | None, as_json: bool) -> None:
     else:
         dot = shutil.which("dot")
         if dot is None:
-            _fail("PNG needs Graphviz 'dot' on PATH; use --format svg or --format dot", EXIT_FAILED)
-        proc = subprocess.run([dot, "-Tpng"], input=render_dot(topo).encode(), capture_output=True,
-                              check=False, timeout=60)
-        if proc.returncode != 0:
-            _fail(f"dot failed: {proc.stderr.decode(errors='replace').strip()}", EXIT_FAILED)
-        data = proc.stdout
+            # No Graphviz on the laptop: draw the same layered picture as the SVG with Pillow.
+            try:
+                data = render_png(topo)
+            except ImportError:
+                _fail("PNG needs Graphviz 'dot' or Pillow; use --format svg or --format dot",
+                      EXIT_FAILED)
+        else:
+            proc = subprocess.run([dot, "-Tpng"], input=render_dot(topo).encode(),
+                                  capture_output=True, check=False, timeout=60)
+            if proc.returncode != 0:
+                _fail(f"dot failed: {proc.stderr.decode(errors='replace').strip()}", EXIT_FAILED)
+            data = proc.stdout
     if output:
         try:
             Path(output).write_bytes(data)

@@ -37,6 +37,10 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
         human = await asyncio.to_thread(
             CliRunner().invoke, cli, ["--socket", str(sock), "topology", "--format", "tree"])
         seen["tree"] = human.output
+        png = sock.parent / "mesh.png"
+        await asyncio.to_thread(CliRunner().invoke, cli, ["--socket", str(sock), "topology",
+                                                          "--format", "png", "-o", str(png)])
+        seen["png"] = png.read_bytes()[:8]
         # The master forwards a DL/T 645 read to the deepest meter, through the mesh.
         deepest = max(seen["nodes"]["nodes"], key=lambda n: n["level"] or 0)
         seen["deepest"] = deepest
@@ -61,6 +65,7 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
     assert seen["read"]["values"][0]["value"] is not None
     assert seen["db"]["tables"]["daily"] >= 20
     assert "000" in seen["tree"]
+    assert seen["png"] == b"\x89PNG\r\n\x1a\n"
     assert len(seen["deepest"]["relays"]) >= 3, seen["deepest"]
     reply = dlt645.decode(seen["forwarded"])
     assert reply.address == seen["deepest"]["address"] and not reply.is_error
