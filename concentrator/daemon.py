@@ -33,6 +33,7 @@ from concentrator.audit import AuditLog
 from concentrator.clock import Clock
 from concentrator.config import Config
 from concentrator.control import CommandError, ControlServer, StreamResult, audit_handler
+from concentrator.keystore import FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore
 from concentrator.notify import Notifier, Watchdog
 from concentrator.reader import Exchanged, Reader, ReaderError
 from concentrator.store import MeterRecord, RealtimeReading, Store
@@ -42,7 +43,7 @@ from mesh.engine import Mesh, NodeFound
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
 from plc_driver.link import LinkClosed, SerialLink
-from uplink import gdw13761
+from uplink import gdw13761, security
 from uplink.client import UplinkClient
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class Daemon:
                              lineloss_threshold=cfg.lineloss.alarm_threshold)
         self.uplink = UplinkClient(cfg.uplink, gdw13761.Address(cfg.terminal.district,
                                                                 cfg.terminal.address),
-                                   self.store, _Services(self), self.clock)
+                                   self.store, _Services(self), self.clock,
+                                   guard=self._command_guard())
         for name, allowed in (("serial", 60.0), ("scheduler", 60.0), ("store", 60.0),
                               ("uplink", 60.0)):
             self.watchdog.register(name, allowed)
@@ -161,6 +163,23 @@ class Daemon:
             await server.close()
             self.store.close()
             log.info("daemon: stopped cleanly")
+
+    def _command_guard(self) -> security.CommandGuard:
+        """Authentication of the master's state-changing commands (docs/security.md).
+
+        Fails closed: without a usable key file every signed command is refused while
+        ``security.require_mac`` is on.
+        """
+        cfg, sec = self.config, self.config.security
+        keys: KeyStore
+        try:
+            keys = FileKeyStore(sec.key_file)
+        except KeyStoreError as exc:
+            self.faults.fail("key store", f"{exc}; state-changing commands will be refused")
+            keys = MemoryKeyStore()
+        return security.guard_for(keys, cfg.terminal.district, cfg.terminal.address,
+                                  require_mac=sec.require_mac,
+                                  max_delay=timedelta(seconds=sec.max_delay), kv=self.store)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration file and apply what can change in place."""

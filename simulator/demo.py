@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from concentrator.control import ControlClient, ControlError
+from concentrator.keystore import FileKeyStore
 from concentrator.store import Store
 from simulator.generate import generate
 from simulator.master import MasterStation
@@ -35,6 +36,19 @@ from simulator.scenario import dump
 from simulator.truth import truth
 
 BIN = Path(sys.executable).parent
+
+
+class _DistrictClock:
+    """The district's accelerated wall time, as the daemon and the simulator compute it."""
+
+    def __init__(self, start: datetime, epoch: float, factor: float) -> None:
+        self.start, self.epoch, self.factor = start, epoch, factor
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=(time.time() - self.epoch) * self.factor)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 class _FixedClock:
@@ -75,6 +89,8 @@ store:
 uplink:
   primary: 127.0.0.1:{master_port}
   heartbeat_period: 5min
+security:
+  key_file: {out}/keys.json
 archive: []
 logging:
   level: INFO
@@ -115,9 +131,14 @@ async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: in
                                        clock=_FixedClock(start))) as store:
         store.kv_set("reader.first_day.daily_frozen", (start.date() - timedelta(days=1)).isoformat())
 
-    master = MasterStation(out / "master.sqlite", trace=out / "master-trace.txt")
-    port = await master.start("127.0.0.1", 0)
+    # The terminal key the master signs its commands with (docs/security.md), 0600 on both sides.
+    keys = FileKeyStore(out / "keys.json", create=True)
+    keys.set_terminal_key("4403", 1, os.urandom(16))
+    keys.save()
     epoch = time.time() + 2.0
+    master = MasterStation(out / "master.sqlite", trace=out / "master-trace.txt", keys=keys,
+                           clock=_DistrictClock(start, epoch, factor))
+    port = await master.start("127.0.0.1", 0)
     common = ["--time-factor", str(factor), "--epoch", repr(epoch), "--start", start.isoformat()]
     sim = subprocess.Popen([str(BIN / "concentrator-sim"), "serve", str(scen_path), *common],
                            stdout=subprocess.PIPE, stderr=open(out / "simulator.log", "w"),
