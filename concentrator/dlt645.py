@@ -203,6 +203,9 @@ class Dlt645Frame:
         return ErrorBits(self.data[0])
 
 
+MAX_PREAMBLE = 16  # FE bytes accepted before the first 68 (4 is usual; some gateways add more)
+
+
 def parse_prefix(buf: bytes) -> tuple[Dlt645Frame, int]:
     """Decode the frame at the start of ``buf`` (FE run included); return it and the bytes used.
 
@@ -211,6 +214,10 @@ def parse_prefix(buf: bytes) -> tuple[Dlt645Frame, int]:
     """
     n = len(buf)
     i = n - len(buf.lstrip(b"\xfe"))  # length of the FE run, counted in C
+    if i > MAX_PREAMBLE:
+        # Masters send at most 4 wake-up bytes; a long FE run is line noise, and holding it as
+        # an "incomplete frame" would make a stream decoder rescan it on every feed.
+        raise FrameFormatError(f"{i} wake-up bytes (FE) before the frame, at most {MAX_PREAMBLE}")
     if i == n:
         raise IncompleteFrame("only wake-up bytes so far")
     if buf[i] != 0x68:

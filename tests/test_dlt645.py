@@ -394,3 +394,17 @@ def test_follow_up_parts_are_shown_raw() -> None:
     assert part.value_bytes == bytes(12) and part.di == 0x04000403
     for f in (first, part):
         assert "value part" in dict(dlt645.describe(f))
+
+
+def test_a_long_run_of_wake_up_bytes_is_noise_and_the_next_frame_still_decodes():
+    from concentrator.dlt645 import MAX_PREAMBLE, Dlt645StreamDecoder, Dlt645Frame as _F
+
+    dec = Dlt645StreamDecoder()
+    frame = bytes.fromhex("68 61 01 00 00 00 00 68 91 08 33 33 34 33 59 33 33 33 8A 16")
+    out = []
+    for _ in range(64):
+        out += dec.feed(b"\xfe" * 64)
+        assert dec.buffered <= MAX_PREAMBLE
+    out += dec.feed(frame)
+    frames = [x for x in out if isinstance(x, _F)]
+    assert [f.address for f in frames] == ["000000000161"]
