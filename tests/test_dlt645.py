@@ -397,7 +397,8 @@ def test_follow_up_parts_are_shown_raw() -> None:
 
 
 def test_a_long_run_of_wake_up_bytes_is_noise_and_the_next_frame_still_decodes():
-    from concentrator.dlt645 import MAX_PREAMBLE, Dlt645StreamDecoder, Dlt645Frame as _F
+    from concentrator.dlt645 import MAX_PREAMBLE, Dlt645StreamDecoder
+    from concentrator.dlt645 import Dlt645Frame as _F
 
     dec = Dlt645StreamDecoder()
     frame = bytes.fromhex("68 61 01 00 00 00 00 68 91 08 33 33 34 33 59 33 33 33 8A 16")
