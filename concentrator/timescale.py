@@ -14,10 +14,11 @@ import selectors
 import time
 
 
-class _ScaledSelector(selectors.BaseSelector):
-    def __init__(self, factor: float) -> None:
+class DelegatingSelector(selectors.BaseSelector):
+    """A real selector behind a ``select`` that subclasses change (scaled or virtual time)."""
+
+    def __init__(self) -> None:
         self._real = selectors.DefaultSelector()
-        self._factor = factor
 
     def register(self, fileobj, events, data=None):  # type: ignore[no-untyped-def]
         return self._real.register(fileobj, events, data)
@@ -33,6 +34,15 @@ class _ScaledSelector(selectors.BaseSelector):
 
     def close(self) -> None:
         self._real.close()
+
+    def select(self, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        return self._real.select(timeout)
+
+
+class _ScaledSelector(DelegatingSelector):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self._factor = factor
 
     def select(self, timeout: float | None = None):  # type: ignore[no-untyped-def]
         return self._real.select(None if timeout is None else timeout / self._factor)

@@ -15,28 +15,14 @@ Use::
 from __future__ import annotations
 
 import asyncio
-import selectors
+
+from concentrator.timescale import DelegatingSelector
 
 
-class _VirtualSelector(selectors.BaseSelector):
+class _VirtualSelector(DelegatingSelector):
     def __init__(self, loop: VirtualTimeLoop) -> None:
-        self._real = selectors.DefaultSelector()
+        super().__init__()
         self._loop = loop
-
-    def register(self, fileobj, events, data=None):  # type: ignore[no-untyped-def]
-        return self._real.register(fileobj, events, data)
-
-    def unregister(self, fileobj):  # type: ignore[no-untyped-def]
-        return self._real.unregister(fileobj)
-
-    def modify(self, fileobj, events, data=None):  # type: ignore[no-untyped-def]
-        return self._real.modify(fileobj, events, data)
-
-    def get_map(self):  # type: ignore[no-untyped-def]
-        return self._real.get_map()
-
-    def close(self) -> None:
-        self._real.close()
 
     def select(self, timeout: float | None = None):  # type: ignore[no-untyped-def]
         ready = self._real.select(0)
