@@ -31,6 +31,9 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
         seen["status"] = await asyncio.to_thread(cli_json, "status")
         seen["nodes"] = await asyncio.to_thread(cli_json, "nodes")
         seen["db"] = await asyncio.to_thread(cli_json, "db", "stats")
+        seen["schedule"] = await asyncio.to_thread(cli_json, "schedule")
+        seen["uplink"] = await asyncio.to_thread(cli_json, "uplink", "status")
+        seen["events"] = await asyncio.to_thread(cli_json, "events")
         first = seen["nodes"]["nodes"][0]["address"]
         seen["node"] = await asyncio.to_thread(cli_json, "node", first)
         seen["read"] = await asyncio.to_thread(cli_json, "read", first, "--item", "energy")
@@ -64,6 +67,10 @@ def test_demo_forms_reads_uploads_and_answers_the_cli(tmp_path):
     assert seen["node"]["routes"], seen["node"]
     assert seen["read"]["values"][0]["value"] is not None
     assert seen["db"]["tables"]["daily"] >= 20
+    tasks = {t["name"]: t for t in seen["schedule"]["tasks"]}
+    assert tasks["daily_frozen"]["last_result"]["done"] == 20
+    assert seen["uplink"]["state"] == "online" and seen["uplink"]["outbox"]["pending"] == 0
+    assert isinstance(seen["events"]["events"], list)
     assert "000" in seen["tree"]
     assert seen["png"] == b"\x89PNG\r\n\x1a\n"
     assert len(seen["deepest"]["relays"]) >= 3, seen["deepest"]
