@@ -224,13 +224,9 @@ class Daemon:
         cfg = self.config.module
         backoff = 1.0
         while not stop.is_set():
-            try:
-                link = SerialLink(cfg.port, cfg.baud, cfg.parity)
-            except LinkClosed as exc:
-                self.faults.fail("module port", str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-                continue
+            link = await self._open_port("module port", cfg.port, cfg.baud, cfg.parity, stop, 60.0)
+            if link is None:
+                return
             driver = ModuleDriver(link, comm_mode=COMM_MODES[cfg.channel],
                                   cco_address=cfg.cco_address, clock=self.clock)
             try:
@@ -363,20 +359,26 @@ class Daemon:
     async def _summary_loop(self, stop: asyncio.Event) -> None:
         sm = self.config.summary_meter
         assert sm is not None
+        link = await self._open_port("summary meter port", sm.port, sm.baud, sm.parity, stop, 300.0)
+        if link is None:
+            return
+        self.faults.recovered("summary meter port")
+        self.summary = SummaryMeter(link, sm.address, protocol=sm.protocol)
+        if self.reader is not None:
+            self.reader.summary = self.summary
+
+    async def _open_port(self, what: str, port: str, baud: int, parity: str,
+                         stop: asyncio.Event, cap: float) -> SerialLink | None:
+        """Open a serial port, retrying with capped backoff (fault logged once); None on stop."""
         backoff = 1.0
         while not stop.is_set():
             try:
-                link = SerialLink(sm.port, sm.baud, sm.parity)
+                return SerialLink(port, baud, parity)
             except LinkClosed as exc:
-                self.faults.fail("summary meter port", str(exc))
+                self.faults.fail(what, str(exc))
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 300.0)
-                continue
-            self.faults.recovered("summary meter port")
-            self.summary = SummaryMeter(link, sm.address, protocol=sm.protocol)
-            if self.reader is not None:
-                self.reader.summary = self.summary
-            return
+                backoff = min(backoff * 2, cap)
+        return None
 
     # --- what the reader and the uplink call ------------------------------------------
 
