@@ -29,6 +29,7 @@ from typing import Any
 
 from concentrator import __version__, dlt645
 from concentrator import config as cfgmod
+from concentrator.archive import primary_relays, register_found
 from concentrator.audit import AuditLog
 from concentrator.clock import Clock
 from concentrator.config import Config
@@ -267,7 +268,7 @@ class Daemon:
         if not self.mesh.formed:
             await self.discover()
         else:
-            self._register_found()
+            register_found(self.mesh, self.store)
         if self._formed is not None:
             self._formed.set()
 
@@ -282,36 +283,12 @@ class Daemon:
             archive = [(m.address, PROTOCOL_CODES.get(m.protocol, 2))
                        for m in self.store.meters() if m.source == "archive"]
             done = await self.mesh.discover(archive or None)
-            self._register_found()
+            register_found(self.mesh, self.store)
             self.mesh.save()
             log.info("mesh: discovery done in %.0f s", self.clock.monotonic() - t0)
             return done
         finally:
             self.discovering = False
-
-    def _register_found(self) -> None:
-        """Nodes the mesh admitted become readable meters (collectors: their RS-485 meters)."""
-        assert self.mesh is not None and self.store is not None
-        with self.store.batch():
-            for node in self.mesh.topology.nodes():
-                kind = getattr(node.kind, "value", str(node.kind))
-                status = getattr(node.status, "value", str(node.status))
-                if kind == "concentrator" or node.address == self.mesh.root:
-                    continue
-                known = self.store.meter(node.address)
-                if kind == "collector":
-                    if known is None:
-                        self.store.upsert_meter(MeterRecord(node.address, device_kind="collector",
-                                                            source="discovered"))
-                    for sub in node.sub_meters:
-                        if self.store.meter(sub) is None:
-                            self.store.upsert_meter(MeterRecord(sub, collector=node.address,
-                                                                source="discovered"))
-                    continue
-                if known is None:
-                    self.store.upsert_meter(MeterRecord(
-                        node.address, protocol=node.protocol or "dlt645-2007",
-                        source="discovered", quarantined=status == "quarantined"))
 
     async def _serve_module(self, driver: ModuleDriver, stop: asyncio.Event) -> None:
         """Keep the mesh maintained while the module is up; return when the link dies."""
@@ -398,12 +375,7 @@ class Daemon:
             await asyncio.sleep(5.0)
 
     def _route_of(self, address: str) -> tuple[str, ...] | None:
-        if self.mesh is None:
-            return None
-        topo = self.mesh.topology
-        host = self.mesh.host_of(address)
-        route = topo.primary(host) if host in topo else None
-        return None if route is None else tuple(route.relays)
+        return primary_relays(self.mesh, address)
 
     async def _broadcast(self, frame: bytes) -> Any:
         if self.driver is None:

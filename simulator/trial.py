@@ -36,9 +36,10 @@ from typing import Any
 import click
 
 from concentrator import dlt645
+from concentrator.archive import primary_relays, register_found
 from concentrator.config import MeshConfig
 from concentrator.reader import Reader, RoundReport
-from concentrator.store import MeterRecord, Store
+from concentrator.store import Store
 from concentrator.summary_meter import SummaryMeter
 from concentrator.tasks import Task, TaskKind
 from mesh.engine import Mesh
@@ -104,35 +105,6 @@ async def _maintain(mesh: Mesh, period: float) -> None:
             log.exception("trial: mesh maintenance failed")
 
 
-def _primary_relays(mesh: Mesh, address: str) -> tuple[str, ...] | None:
-    topo = mesh.topology
-    host = mesh.host_of(address)  # a collector's RS-485 meters share its route
-    route = topo.primary(host) if host in topo else None
-    return None if route is None else tuple(route.relays)
-
-
-def _register_archive(mesh: Mesh, store: Store) -> list[str]:
-    """The nodes the mesh found become the reading archive (meters, and collectors' meters)."""
-    out = []
-    with store.batch():
-        for node in mesh.topology.nodes():
-            kind = getattr(node.kind, "value", str(node.kind))
-            if kind == "concentrator":
-                continue
-            if kind == "collector":
-                store.upsert_meter(MeterRecord(node.address, device_kind="collector",
-                                               source="discovered"))
-                for sub in node.sub_meters:
-                    store.upsert_meter(MeterRecord(sub, collector=node.address,
-                                                   source="discovered"))
-                    out.append(sub)
-                continue
-            store.upsert_meter(MeterRecord(node.address, protocol=node.protocol or "dlt645-2007",
-                                           source="discovered"))
-            out.append(node.address)
-    return out
-
-
 async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_path: Path,
                  max_concurrent: int | None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
@@ -150,7 +122,7 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
         t0 = loop.time()
         await mesh.discover()
         formation_s = loop.time() - t0
-        archive = _register_archive(mesh, store)
+        archive = register_found(mesh, store)
         truth = district.truth()
         reachable = {n["address"] for n in truth["nodes"] if n.get("hops") is not None
                      and n["kind"] != "concentrator" and not n.get("collector")}
@@ -173,7 +145,7 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
 
         conc = max_concurrent or driver.max_concurrent
         reader = Reader(mesh, store, clock, tasks, max_concurrent=conc, summary=summary,
-                        route_of=lambda a: _primary_relays(mesh, a),
+                        route_of=lambda a: primary_relays(mesh, a),
                         broadcaster=lambda b: driver.broadcast(b, control=2), on_round=on_round)
         # Day 1 of the schedule is the first day whose first task's window has not closed
         # when formation ends (a slow npl formation moves it to the next day).
