@@ -553,14 +553,17 @@ def _parse_host_port(value: Any) -> HostPort | None:
 # --- sections --------------------------------------------------------------------------------------
 
 
-def _tls(s: _Section, etc: Path) -> TlsConfig:
-    enabled = s.boolean("enabled", False)
+def _tls(s: _Section, etc: Path, *, default_enabled: bool = False) -> TlsConfig:
+    # The master-station link defaults to TLS (docs/security.md): plain TCP must be asked for.
+    enabled = s.boolean("enabled", default_enabled)
     ca = s.path("ca", None, base=etc)
     cert = s.path("cert", None, base=etc)
     key = s.path("key", None, base=etc)
     if enabled and ca is None:
         # A pinned CA is the point of TLS to the master; the system store is not trusted here.
-        s.error("ca", "missing key (required when tls.enabled is true)")
+        s.error("ca", "missing key (required when tls.enabled is true"
+                + ("; TLS is on by default here, set enabled: false to ask for plain TCP)"
+                   if default_enabled else ")"))
     if (cert is None) != (key is None):
         s.error("cert" if cert is None else "key", "cert and key must be given together")
     s.finish()
@@ -686,7 +689,7 @@ def _uplink(s: _Section, etc: Path) -> UplinkConfig:
         login_retry=s.duration("login_retry", d.login_retry, lo=1, hi=3600),
         reconnect_backoff_cap=s.duration("reconnect_backoff_cap", d.reconnect_backoff_cap,
                                          lo=1, hi=86400),
-        tls=_tls(s.sub("tls"), etc),
+        tls=_tls(s.sub("tls"), etc, default_enabled=True),
         mqtt=_mqtt(s.sub("mqtt"), etc) if s.has("mqtt") else None,
     )
     s.seen.add("mqtt")

@@ -89,6 +89,7 @@ store:
 uplink:
   primary: 127.0.0.1:{master_port}
   heartbeat_period: 5min
+  tls: {{enabled: false}}      # the simulated master listens on loopback without TLS
 security:
   key_file: {out}/keys.json
 archive: []

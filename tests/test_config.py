@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = """\
 terminal: {district: "4403", address: 4}
 module: {port: /dev/ttyS1}
-uplink: {primary: "192.0.2.10:7001"}
+uplink: {primary: "192.0.2.10:7001", tls: {enabled: false}}
 """
 
 
@@ -99,11 +99,19 @@ def test_unquoted_numbers_that_yaml_would_mangle_are_refused():
 
 
 def test_archive_duplicates_and_tls_needs_ca():
-    found = dict(issues(MINIMAL.replace('7001"}', '7001", tls: {enabled: true}}')
+    found = dict(issues(MINIMAL.replace("tls: {enabled: false}", "tls: {enabled: true}")
         + "archive:\n  - {address: '000000000161', point: 1}\n  - {address: '000000000161', point: 1}\n"))
     assert found["uplink.tls.ca"].startswith("missing key")
     assert found["archive[1].address"].startswith("duplicate meter 000000000161")
     assert found["archive[1].point"].startswith("measuring point 1 already used")
+
+
+def test_tls_to_the_master_is_on_unless_plain_tcp_is_asked_for(tmp_path):
+    found = dict(issues(MINIMAL.replace(", tls: {enabled: false}", "")))
+    assert "plain TCP" in found["uplink.tls.ca"]
+    pinned = config.load(write(tmp_path, MINIMAL.replace("tls: {enabled: false}", "tls: {ca: ca.pem}")))
+    assert pinned.uplink.tls.enabled and pinned.uplink.tls.ca.name == "ca.pem"
+    assert config.load(write(tmp_path, MINIMAL, "plain.yaml")).uplink.tls.enabled is False
 
 
 def test_yaml_syntax_error_has_line():
@@ -155,6 +163,6 @@ def test_reload_diff_splits_reloadable_from_restart():
 
 def test_reload_diff_optional_section_is_one_change():
     old = config.loads(MINIMAL)
-    new = config.loads(MINIMAL.replace('7001"}', '7001", backup: "[2001:db8::1]:7001"}'))
+    new = config.loads(MINIMAL.replace('7001",', '7001", backup: "[2001:db8::1]:7001",'))
     assert new.uplink.backup == config.HostPort("2001:db8::1", 7001)
     assert config.reloadable_diff(old, new).restart == ("uplink.backup",)

@@ -14,7 +14,7 @@ paths: {{etc: {tmp_path}, state: {tmp_path}, runtime: {tmp_path}}}
 terminal: {{district: "4403", address: 7}}
 module: {{port: {tmp_path}/no-such-tty, channel: hplc}}
 store: {{path: {tmp_path}/c.db}}
-uplink: {{primary: "127.0.0.1:9"}}
+uplink: {{primary: "127.0.0.1:9", tls: {{enabled: false}}}}
 control: {{socket: {tmp_path}/control.sock, group: root, audit_log: {tmp_path}/audit.jsonl}}
 """, "test.yaml")
 
