@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from concentrator.tasks import default_tasks
 from mesh.engine import Mesh, NodeFound
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
-from plc_driver.link import LinkClosed, SerialLink
+from plc_driver.link import ByteLink, LinkClosed, SerialLink
 from uplink import gdw13761, security
 from uplink.client import UplinkClient
 
@@ -79,8 +79,12 @@ class Daemon:
     """Everything the concentrator runs; ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(self, config: Config, *, clock: Clock, notifier: Notifier | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None,
+                 open_link: Callable[[str, int, str], ByteLink] | None = None) -> None:
         self.config = config
+        # How a serial port (path, baud, parity) becomes a byte link: pyserial in the field; an
+        # in-process simulated district in virtual-time tests.
+        self._open_link = open_link or SerialLink
         self.config_path = config_path
         self.clock = clock
         self.notifier = notifier or Notifier()
@@ -345,12 +349,12 @@ class Daemon:
             self.reader.summary = self.summary
 
     async def _open_port(self, what: str, port: str, baud: int, parity: str,
-                         stop: asyncio.Event, cap: float) -> SerialLink | None:
+                         stop: asyncio.Event, cap: float) -> ByteLink | None:
         """Open a serial port, retrying with capped backoff (fault logged once); None on stop."""
         backoff = 1.0
         while not stop.is_set():
             try:
-                return SerialLink(port, baud, parity)
+                return self._open_link(port, baud, parity)
             except LinkClosed as exc:
                 self.faults.fail(what, str(exc))
                 await asyncio.sleep(backoff)
