@@ -6,6 +6,10 @@ lines from terminal frames by the first byte) and prints the JSON reply, e.g.::
     concentrator-sim master --listen 127.0.0.1:7001 --db master.sqlite --trace frames.log
     concentrator-sim master-cmd --master 127.0.0.1:7001 --terminal 4403:1 time
     concentrator-sim master-cmd --master 127.0.0.1:7001 --terminal 4403:1 read --pn 3 --day 2024-05-09
+    concentrator-sim master-cmd --master 127.0.0.1:7001 --terminal 4403:1 purchase --pn 3 \
+        --order 1001 --amount 100.00
+    concentrator-sim master-cmd --master 127.0.0.1:7001 --terminal 4403:1 control-meter --pn 3 \
+        --action trip
 """
 
 from __future__ import annotations
@@ -93,8 +97,10 @@ def _send(master: str, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
 @click.argument("command", type=click.Choice(
     ["status", "violations", "time", "read", "set-archive", "archive", "forward", "events",
-     "reset", "version", "raw"]))
-@click.option("--pn", type=int, help="read: measuring point.")
+     "reset", "version", "raw", "purchase", "balance", "purchases", "protect",
+     "control-meter"]))
+@click.option("--pn", type=int, help="read, purchase, balance, purchases, protect, "
+              "control-meter: measuring point (protect: 0 or unset = every prepaid meter).")
 @click.option("--day", help="read: frozen day (YYYY-MM-DD) for AFN0D F161.")
 @click.option("--set", "set_", help="time: set the terminal clock (ISO time).")
 @click.option("--meter", "meters", multiple=True,
@@ -108,11 +114,26 @@ def _send(master: str, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
 @click.option("--afn", help="raw: AFN in hex.")
 @click.option("--fn", "fns", multiple=True, type=int, help="raw: Fn, repeatable.")
 @click.option("--data", default="", help="raw: data unit bytes in hex.")
+@click.option("--order", type=int, help="purchase: order number (the same order credits once).")
+@click.option("--amount", help="purchase: amount in yuan.")
+@click.option("--replace", is_flag=True, help="purchase: replace the credit instead of adding.")
+@click.option("--alarm", help="purchase: alarm threshold in yuan.")
+@click.option("--trip", help="purchase: trip threshold in yuan.")
+@click.option("--last", is_flag=True, help="purchases: only the last one (AFN0A F47).")
+@click.option("--count", type=int, default=20, show_default=True,
+              help="purchases: how many (AFN0A F2044).")
+@click.option("--off", is_flag=True, help="protect: switch protect off (AFN05 F33).")
+@click.option("--minutes", type=int, default=0, show_default=True,
+              help="protect: duration (0 = until switched off).")
+@click.option("--address", help="control-meter: meter address (instead of --pn).")
+@click.option("--action", type=click.Choice(["trip", "close"]), help="control-meter: action.")
 def master_cmd(master: str, terminal: str | None, timeout: float, command: str,
                pn: int | None, day: str | None, set_: str | None, meters: tuple[str, ...],
                devices: tuple[int, ...], frame: str | None, important: bool, pm: int,
                pn_end: int, kind: int | None, afn: str | None, fns: tuple[int, ...],
-               data: str) -> None:
+               data: str, order: int | None, amount: str | None, replace: bool,
+               alarm: str | None, trip: str | None, last: bool, count: int, off: bool,
+               minutes: int, address: str | None, action: str | None) -> None:
     """Send COMMAND to a connected terminal through the running master; print the reply."""
     cmd: dict[str, Any] = {"cmd": command}
     if command not in ("status", "violations"):
@@ -148,6 +169,22 @@ def master_cmd(master: str, terminal: str | None, timeout: float, command: str,
         cmd.update(important=important, pm=pm, pn=pn_end)
     elif command == "reset":
         cmd["kind"] = kind or 1
+    elif command in ("purchase", "balance", "purchases"):
+        if pn is None:
+            raise click.UsageError(f"{command} needs --pn")
+        cmd["pn"] = pn
+        if command == "purchase":
+            if order is None or amount is None:
+                raise click.UsageError("purchase needs --order and --amount")
+            cmd.update(order=order, amount=amount, replace=replace, alarm=alarm, trip=trip)
+        elif command == "purchases":
+            cmd.update(last=last, count=count)
+    elif command == "protect":
+        cmd.update(on=not off, minutes=minutes, pn=pn or 0)
+    elif command == "control-meter":
+        if action is None or (pn is None) == (address is None):
+            raise click.UsageError("control-meter needs --action and one of --pn / --address")
+        cmd.update(action=action, pn=pn, meter=address)
     elif command == "raw":
         cmd.update(afn=int(afn or "0C", 16), fns=list(fns) or [1], data=data,
                    pns=[pn or 0])

@@ -619,6 +619,72 @@ class MasterStation:
     async def version(self, terminal: str) -> g.TerminalVersion:
         return (await self.ask(terminal, 0x09, [g.unit(0, 1)]))[0].value
 
+    # --- prepayment (docs/prepayment.md, "Master station (Q/GDW 1376.1)") ----------------------
+
+    async def command(self, terminal: str, afn: int, units: Sequence[g.DataUnit], **kw: Any
+                      ) -> bool:
+        """Send a (signed) command; True if the terminal confirmed all of it (AFN00 F1, or F3
+        with every item correct), False if it denied any part (F2 or an F3 error)."""
+        frames = await self.request(terminal, afn, units, **kw)
+        items = [it for f in frames for it in g.decode_units(f)]
+        if frames[0].afn != 0x00:
+            raise MasterError(f"terminal {terminal} answered AFN{afn:02X} with "
+                              f"AFN{frames[0].afn:02X}, not a confirmation")
+        for it in items:
+            if it.fn == 1:
+                return True
+            if it.fn == 3 and isinstance(it.value, g.PerItemAck):
+                return all(i.ok for i in it.value.items)
+        return False
+
+    async def purchase(self, terminal: str, pn: int, order_no: int, amount: Decimal, *,
+                       replace: bool = False, alarm: Decimal | None = None,
+                       trip: Decimal | None = None) -> bool:
+        """AFN04 F47 purchase for the meter at measuring point ``pn`` (money in yuan).
+        True: applied, or a repeat of an order already applied (credited once)."""
+        params = g.PurchaseParams(order_no, Decimal(amount), replace, alarm, trip)
+        return await self.command(terminal, 0x04, [g.unit(pn, 47, params)])
+
+    async def balance(self, terminal: str, pn: int) -> Decimal:
+        """AFN0C F23: the meter's remaining credit (yuan). MasterError if it is not prepaid."""
+        value = (await self.ask(terminal, 0x0C, [g.unit(pn, 23)]))[0].value
+        if value.balance is None:
+            raise MasterError(f"terminal {terminal} has no credit for p{pn}")
+        return value.balance
+
+    async def last_purchase(self, terminal: str, pn: int) -> g.PurchaseParams:
+        """AFN0A F47: the parameters of the meter's last purchase."""
+        return (await self.ask(terminal, 0x0A, [g.unit(pn, 47)]))[0].value
+
+    async def purchase_history(self, terminal: str, pn: int, count: int = 20
+                               ) -> list[g.PurchaseEntry]:
+        """AFN0A F2044 [private]: the meter's last ``count`` purchases, newest first."""
+        items = await self.ask(terminal, 0x0A, [g.unit(pn, g.FN_PURCHASE_HISTORY,
+                                                       g.HistoryRequest(count))])
+        return list(items[0].value.entries)
+
+    async def protect(self, terminal: str, on: bool, minutes: int = 0, *, pn: int = 0) -> bool:
+        """AFN05 F25 (on; ``minutes`` rounded up to half hours, 0 = until cancelled) or F33
+        (off). pn 0 = every prepaid meter of the terminal, else the meter at that point."""
+        if not on:
+            return await self.command(terminal, 0x05, [g.unit(pn, 33)])
+        half_hours = -(-minutes // 30)
+        if not 0 <= half_hours <= 255:
+            raise ValueError(f"protect for {minutes} min does not fit 255 half hours")
+        return await self.command(terminal, 0x05, [g.unit(pn, 25, g.ProtectOn(half_hours))])
+
+    async def control_meter(self, terminal: str, meter: int | str, action: str) -> bool:
+        """AFN10 F2043 [private]: trip or close one meter now, named by its measuring point
+        (int) or its address (str). True when the terminal queued it (outcome: ERC5)."""
+        code = {"trip": g.METER_TRIP, "close": g.METER_CLOSE}.get(action)
+        if code is None:
+            raise ValueError(f"action {action!r} is not trip or close")
+        if isinstance(meter, int):
+            u = g.unit(meter, g.FN_METER_CONTROL, g.MeterControl(None, code))
+        else:
+            u = g.unit(0, g.FN_METER_CONTROL, g.MeterControl(meter, code))
+        return await self.command(terminal, 0x10, [u])
+
     # --- control protocol -----------------------------------------------------------------------
 
     async def _control_session(self, reader: asyncio.StreamReader,
@@ -634,7 +700,7 @@ class MasterStation:
             try:
                 reply = {"ok": True, "result": jsonable(await self.control(json.loads(line)))}
             except (MasterError, ValueError, KeyError, TypeError, CodecError,
-                    TimeoutError) as exc:
+                    TimeoutError, ArithmeticError) as exc:     # ArithmeticError: bad Decimal
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
@@ -671,6 +737,25 @@ class MasterStation:
             return await self.reset(t, int(cmd["kind"]))
         if op == "version":
             return await self.version(t)
+        if op == "purchase":
+            return await self.purchase(
+                t, int(cmd["pn"]), int(cmd["order"]), Decimal(str(cmd["amount"])),
+                replace=bool(cmd.get("replace")),
+                alarm=None if cmd.get("alarm") is None else Decimal(str(cmd["alarm"])),
+                trip=None if cmd.get("trip") is None else Decimal(str(cmd["trip"])))
+        if op == "balance":
+            return await self.balance(t, int(cmd["pn"]))
+        if op == "purchases":
+            if cmd.get("last"):
+                return await self.last_purchase(t, int(cmd["pn"]))
+            return await self.purchase_history(t, int(cmd["pn"]), int(cmd.get("count", 20)))
+        if op == "protect":
+            return await self.protect(t, bool(cmd.get("on", True)), int(cmd.get("minutes", 0)),
+                                      pn=int(cmd.get("pn", 0)))
+        if op == "control-meter":
+            target = cmd.get("meter")
+            return await self.control_meter(t, str(target) if target else int(cmd["pn"]),
+                                            cmd["action"])
         if op == "raw":
             frames = await self.request(t, int(cmd["afn"]), [g.DataUnit(
                 tuple(cmd.get("pns", [0])), tuple(cmd["fns"]), bytes.fromhex(cmd.get("data", "")))])

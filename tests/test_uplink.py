@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 import subprocess
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal as D
 from pathlib import Path
@@ -35,13 +37,47 @@ START = datetime(2024, 5, 10, 8, 0)
 DAY = date(2024, 5, 9)
 
 
+@dataclass(frozen=True)
+class FakePurchase:
+    """The fields of ``prepay.PurchaseResult`` and ``prepay.PurchaseRecord`` the uplink reads."""
+
+    status: str
+    order_no: int = 0
+    amount: D = D(0)
+    replace: bool = False
+    alarm_threshold: D | None = None
+    trip_threshold: D | None = None
+    balance_before: D | None = None
+    balance_after: D | None = None
+    applied_at: datetime = START
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FakeTicket:
+    id: int
+    meter: str
+    action: str
+    state: str
+
+
 class FakeServices:
-    """Records what the uplink asked of the rest of the daemon."""
+    """Records what the uplink asked of the rest of the daemon.
+
+    Prepayment is a minimal in-memory ledger: ``prepaid`` maps each prepaid meter to its
+    credit; an order number applies once per meter (a repeat is "duplicate" with the balances
+    of the original), so a test can see that the uplink does not credit twice."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.energy: dict[str, RealtimeReading] = {}
         self.forward_reply: bytes | None = None
+        self.prepaid: dict[str, D] = {}
+        self.orders: dict[tuple[str, int], FakePurchase] = {}
+        self.history: dict[str, list[FakePurchase]] = {}
+        self.protected: dict[str | None, datetime | None] = {}
+        self.tickets: list[FakeTicket] = []
+        self.ticket_state = "pending"
 
     async def read_energy_now(self, meter: str) -> RealtimeReading | None:
         self.calls.append(("read_energy_now", meter))
@@ -59,6 +95,48 @@ class FakeServices:
 
     async def reset(self, kind: int) -> None:
         self.calls.append(("reset", kind))
+
+    async def purchase(self, meter: str, order_no: int, amount: D, replace: bool,
+                       alarm_threshold: D | None, trip_threshold: D | None,
+                       source: str) -> FakePurchase:
+        self.calls.append(("purchase", meter, order_no, amount, replace, source))
+        if meter not in self.prepaid:
+            return FakePurchase("not-prepaid", reason="not a prepaid meter")
+        done = self.orders.get((meter, order_no))
+        if done is not None:
+            return dataclasses.replace(done, status="duplicate")
+        if amount <= 0:
+            return FakePurchase("rejected", reason="amount must be positive")
+        before = self.prepaid[meter]
+        after = amount if replace else before + amount
+        rec = FakePurchase("applied", order_no, amount, replace, alarm_threshold,
+                           trip_threshold, before, after)
+        self.prepaid[meter] = after
+        self.orders[(meter, order_no)] = rec
+        self.history.setdefault(meter, []).insert(0, rec)
+        return rec
+
+    async def balance(self, meter: str) -> D | None:
+        self.calls.append(("balance", meter))
+        return self.prepaid.get(meter)
+
+    async def purchases(self, meter: str, limit: int = 20) -> list[FakePurchase]:
+        self.calls.append(("purchases", meter, limit))
+        return self.history.get(meter, [])[:limit]
+
+    async def set_protect(self, meter: str | None, on: bool, until: datetime | None,
+                          source: str) -> None:
+        self.calls.append(("set_protect", meter, on, until, source))
+        if on:
+            self.protected[meter] = until
+        else:
+            self.protected.pop(meter, None)
+
+    async def request_control(self, meter: str, action: str, source: str) -> FakeTicket:
+        self.calls.append(("request_control", meter, action, source))
+        ticket = FakeTicket(len(self.tickets) + 1, meter, action, self.ticket_state)
+        self.tickets.append(ticket)
+        return ticket
 
 
 def meter(i: int) -> str:

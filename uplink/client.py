@@ -10,7 +10,9 @@ exponential backoff when confirmations stop. While connected it
   outbox only when the AFN00 confirmation of the frame that carried it arrives, so after any
   disconnect or restart the upload resumes from the oldest unconfirmed row;
 * serves the master's requests (AFN01/04/05/09/0A/0C/0D/0E/10) through the store and a small
-  ``TerminalServices`` object the daemon supplies; anything else gets AFN00 F2 (deny);
+  ``TerminalServices`` object the daemon supplies, including prepayment (AFN04/0A F47
+  purchases, AFN0C F23 credit, AFN05 F25/F33 protect, private AFN0A F2044 history and AFN10
+  F2043 direct meter trip/close; docs/prepayment.md); anything else gets AFN00 F2 (deny);
   downlink requests whose Tp has expired are dropped and logged;
 * with a ``CommandGuard`` (``uplink.security``), refuses state-changing commands (AFN 01/04/05/
   06/0F/10) that are unsigned, altered, replayed or old: AFN00 F2, a SECURITY log line and an
@@ -31,6 +33,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
 
 from concentrator import dlt645
@@ -44,6 +47,9 @@ from uplink import security as sec
 
 __all__ = [
     "TerminalServices",
+    "PurchaseOutcome",
+    "PurchaseLine",
+    "ControlRequest",
     "UplinkOptions",
     "UplinkClient",
     "EventPointers",
@@ -86,6 +92,80 @@ class TerminalServices(Protocol):
     async def reset(self, kind: int) -> None:
         """AFN01 F1..F4 after it was confirmed: 1 hardware, 2 data, 3 factory, 4 parameters."""
         ...
+
+    # Prepayment (issue 8): the daemon forwards these to ``concentrator.prepay.PrepayService``
+    # (the uplink never imports it). Amounts are yuan as ``Decimal``.
+
+    async def purchase(self, meter: str, order_no: int, amount: Decimal, replace: bool,
+                       alarm_threshold: Decimal | None, trip_threshold: Decimal | None,
+                       source: str) -> PurchaseOutcome:
+        """Apply a purchase once per (meter, order_no); a repeat returns "duplicate"."""
+        ...
+
+    async def balance(self, meter: str) -> Decimal | None:
+        """Remaining credit of the meter; None when it is not a prepaid meter."""
+        ...
+
+    async def purchases(self, meter: str, limit: int = 20) -> Sequence[PurchaseLine]:
+        """The meter's most recent purchases, newest first."""
+        ...
+
+    async def set_protect(self, meter: str | None, on: bool, until: datetime | None,
+                          source: str) -> None:
+        """Protect (no credit-driven trip) on/off; meter None = every prepaid meter."""
+        ...
+
+    async def request_control(self, meter: str, action: str, source: str) -> ControlRequest:
+        """Queue the master's direct "trip"/"close" of one meter (outcome later as ERC5)."""
+        ...
+
+
+class PurchaseOutcome(Protocol):
+    """What ``TerminalServices.purchase`` returns (``prepay.PurchaseResult``)."""
+
+    @property
+    def status(self) -> str: ...    # applied, duplicate, unknown-meter, not-prepaid, rejected
+
+    @property
+    def reason(self) -> str: ...
+
+
+class PurchaseLine(Protocol):
+    """One entry of ``TerminalServices.purchases`` (``prepay.PurchaseRecord``)."""
+
+    @property
+    def order_no(self) -> int: ...
+
+    @property
+    def amount(self) -> Decimal: ...
+
+    @property
+    def replace(self) -> bool: ...
+
+    @property
+    def alarm_threshold(self) -> Decimal | None: ...
+
+    @property
+    def trip_threshold(self) -> Decimal | None: ...
+
+    @property
+    def balance_before(self) -> Decimal | None: ...
+
+    @property
+    def balance_after(self) -> Decimal | None: ...
+
+    @property
+    def applied_at(self) -> datetime: ...
+
+
+class ControlRequest(Protocol):
+    """What ``TerminalServices.request_control`` returns (``prepay.ControlTicket``)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...     # pending, deferred, verified, failed
 
 
 @dataclass(frozen=True)
@@ -794,10 +874,37 @@ async def _set_params(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
                         s.label, s.c.primary, s.c.backup)
         elif isinstance(v, g.MeterArchive):
             ok = await _apply_archive(s, v.records)
+        elif isinstance(v, g.PurchaseParams):
+            ok = await _purchase(s, it.pn, v)
         else:
             ok = False
         results.append((it.pn, it.fn, ok))
     return _Ack(results)
+
+
+_SOURCE = "master"      # the ``source`` the prepay service records for the master's commands
+
+
+def _meter_at(s: _Session, pn: int) -> str | None:
+    """The meter at measuring point ``pn`` (prepayment is per meter: pn = its point)."""
+    return s.c.meter_of_point().get(pn)
+
+
+async def _purchase(s: _Session, pn: int, v: g.PurchaseParams) -> bool:
+    """AFN04 F47: confirmed when applied or a duplicate of an applied order, else denied."""
+    meter = _meter_at(s, pn)
+    if meter is None:
+        log.warning("%s: purchase order %d for p%d denied: no meter at that point", s.label,
+                    v.order_no, pn)
+        return False
+    res = await s.c.services.purchase(meter, v.order_no, v.amount, v.replace,
+                                      v.alarm_threshold, v.trip_threshold, _SOURCE)
+    ok = res.status in ("applied", "duplicate")
+    log.log(logging.INFO if ok else logging.WARNING,
+            "%s: purchase order %d for meter %s (%s %s yuan): %s%s", s.label, v.order_no, meter,
+            "replace" if v.replace else "add", v.amount, res.status,
+            f" ({res.reason})" if res.reason else "")
+    return ok
 
 
 async def _apply_archive(s: _Session, records: Sequence[g.MeterRecord]) -> bool:
@@ -855,9 +962,30 @@ async def _control(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]) -
         elif it.fn == 37:       # forbid the terminal's active upload [MEM]
             s.c.upload_enabled = False
             ok = True
+        elif it.fn in (25, 33):
+            ok = await _protect(s, it.pn, it.value)
         # F1/F2 (load-control rounds) and the rest: a concentrator has no such outputs.
         results.append((it.pn, it.fn, ok))
     return _Ack(results)
+
+
+async def _protect(s: _Session, pn: int, v: Any) -> bool:
+    """AFN05 F25 (on, for n half hours or until F33) / F33 (off). p0 = every prepaid meter
+    (the standard's terminal-wide protect); pn = that meter only (our per-meter extension)."""
+    meter = None
+    if pn != 0:
+        meter = _meter_at(s, pn)
+        if meter is None:
+            log.warning("%s: protect for p%d denied: no meter at that point", s.label, pn)
+            return False
+    on = isinstance(v, g.ProtectOn)
+    until = (s.c.clock.now() + timedelta(minutes=30 * v.half_hours)
+             if isinstance(v, g.ProtectOn) and v.half_hours else None)
+    await s.c.services.set_protect(meter, on, until, _SOURCE)
+    log.warning("%s: protect %s for %s%s by the master", s.label, "on" if on else "off",
+                f"meter {meter}" if meter else "every prepaid meter",
+                f" until {until:%Y-%m-%d %H:%M}" if until else "")
+    return True
 
 
 async def _config(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
@@ -901,9 +1029,31 @@ async def _query(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
             for i in range(0, max(len(wanted), 1), _ARCHIVE_RECORDS_PER_UNIT):
                 units.append(g.unit(0, 10, g.MeterArchive(
                     tuple(wanted[i:i + _ARCHIVE_RECORDS_PER_UNIT]))))
+        elif it.fn == 47:
+            meter = _prepaid_meter(s, it.pn)
+            last = await s.c.services.purchases(meter, 1)
+            if not last:
+                raise _Refused(f"meter {meter} has no purchase recorded")
+            r = last[0]
+            units.append(g.unit(it.pn, 47, g.PurchaseParams(
+                r.order_no, r.amount, r.replace, r.alarm_threshold, r.trip_threshold)))
+        elif it.fn == g.FN_PURCHASE_HISTORY and isinstance(it.value, g.HistoryRequest):
+            meter = _prepaid_meter(s, it.pn)
+            records = await s.c.services.purchases(meter, it.value.count)
+            units.append(g.unit(it.pn, it.fn, g.PurchaseHistory(tuple(
+                g.PurchaseEntry(r.order_no, r.amount, r.replace, r.balance_before,
+                                r.balance_after, r.applied_at)
+                for r in records[:it.value.count]))))
         else:
             raise _Refused(f"AFN0A F{it.fn} is not served")
     return units
+
+
+def _prepaid_meter(s: _Session, pn: int) -> str:
+    meter = _meter_at(s, pn)
+    if meter is None:
+        raise _Refused(f"no meter at measuring point p{pn}")
+    return meter
 
 
 async def _class1(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
@@ -915,6 +1065,12 @@ async def _class1(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
         elif it.fn == 129:
             for pn, meter in _points(s, it.pn):
                 units.append(g.unit(pn, 129, await _energy_now(s, meter)))
+        elif it.fn == 23:
+            # Meters that are not prepaid have no credit: left out (all of them -> denied).
+            for pn, meter in _points(s, it.pn):
+                balance = await s.c.services.balance(meter)
+                if balance is not None:
+                    units.append(g.unit(pn, 23, g.RemainingCredit(balance)))
         else:
             raise _Refused(f"AFN0C F{it.fn} is not served")
     if not units:
@@ -976,7 +1132,9 @@ async def _class3(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
 
 
 async def _forward(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
-                   ) -> list[g.DataUnit]:
+                   ) -> _Ack | list[g.DataUnit]:
+    if items and all(it.fn == g.FN_METER_CONTROL for it in items):
+        return _Ack([(it.pn, it.fn, await _meter_control(s, it.pn, it.value)) for it in items])
     units = []
     for it in items:
         v = it.value
@@ -995,6 +1153,31 @@ async def _forward(s: _Session, req: g.Frame13761, items: list[g.DecodedUnit]
             log.warning("%s: meter %s did not answer the forwarded frame", s.label, meter)
         units.append(g.unit(0, 1, g.TransparentReply(v.port, answer or b"")))
     return units
+
+
+async def _meter_control(s: _Session, pn: int, v: g.MeterControl) -> bool:
+    """AFN10 F2043: confirmed once the trip/close is queued; the outcome comes as ERC5."""
+    meter = v.meter
+    if pn != 0:
+        at_point = _meter_at(s, pn)
+        if at_point is None or (meter is not None and meter != at_point):
+            log.warning("%s: direct %s for p%d (meter %s) denied: not the meter at that point",
+                        s.label, v.action_name, pn, meter)
+            return False
+        meter = at_point
+    if meter is None or s.c.store.meter(meter) is None:
+        log.warning("%s: direct %s denied: meter %s is not in the archive", s.label,
+                    v.action_name, meter)
+        return False
+    try:
+        ticket = await s.c.services.request_control(meter, v.action_name, _SOURCE)
+    except (ValueError, LookupError) as exc:
+        log.warning("%s: direct %s of meter %s refused: %s", s.label, v.action_name, meter, exc)
+        return False
+    ok = ticket.state != "failed"
+    log.warning("%s: direct %s of meter %s requested by the master: ticket %d %s", s.label,
+                v.action_name, meter, ticket.id, ticket.state)
+    return ok
 
 
 _HANDLERS: dict[int, Handler] = {

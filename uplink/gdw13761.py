@@ -65,8 +65,9 @@ __all__ = [
     "encode_da", "decode_da", "encode_dt", "decode_dt", "ALL_POINTS", "MAX_USER_LENGTH",
     "aux_has_pw", "tp_expired",
     # appendix A
-    "decode_a1", "a1_week", "encode_a1", "decode_a11", "encode_a11", "decode_a14",
-    "encode_a14", "decode_a15", "encode_a15", "decode_a16", "encode_a16", "decode_a20",
+    "decode_a1", "a1_week", "encode_a1", "decode_a3", "encode_a3", "decode_a3_money",
+    "encode_a3_money", "decode_a11", "encode_a11", "decode_a14", "encode_a14", "decode_a15",
+    "encode_a15", "decode_a16", "encode_a16", "decode_a20",
     "encode_a20",
     # typed data units
     "AllConfirmed", "AllDenied", "AckItem", "PerItemAck", "Reset", "Login", "Logout",
@@ -74,6 +75,9 @@ __all__ = [
     "ArchiveQuery", "RemoteTrip", "AllowClose", "TerminalClock", "ForwardEnergy",
     "DayRequest", "DailyForwardEnergy", "EventRequest", "EventRecord", "EventReply",
     "TransparentForward", "TransparentReply", "TerminalVersion", "RawUnit", "DecodedUnit",
+    "PurchaseParams", "RemainingCredit", "ProtectOn", "ProtectOff", "MeterControl",
+    "HistoryRequest", "PurchaseEntry", "PurchaseHistory", "PURCHASE_ADD", "PURCHASE_REPLACE",
+    "FN_PURCHASE_HISTORY", "FN_METER_CONTROL", "METER_TRIP", "METER_CLOSE",
     "decode_units", "decode_item", "KNOWN_FN", "ERC_NAMES", "AFN_NAMES",
     # builders
     "FunctionTable", "DEFAULT_FUNCTIONS", "unit", "login", "logout", "heartbeat", "confirm",
@@ -384,6 +388,65 @@ def _encode_fixed_decimal(value: Decimal | None, nbytes: int, places: int, what:
     if scaled != scaled.to_integral_value() or scaled < 0:
         raise EncodeError(f"{value} does not fit {what} (unsigned, {places} decimals)")
     return int_to_bcd(int(scaled), nbytes)
+
+
+def decode_a3(data: bytes) -> tuple[int, bool] | None:
+    """A.3 (4 bytes, ``(+/-)XXXXXXX``) -> (signed value, G); None for EE (missing).
+
+    Byte 4: D6 = G (0: kWh or 厘, 1: MWh or 元), D4 = S (1 = negative), D3-D0 = the
+    millions digit; D7 and D5 are 0. [V2: liming ``sMtFmt03_f``; a C# master ``OrgFormat03``;
+    a C decoder ``getdataformat03`` (G from 0x40, S from 0x10)]
+    """
+    _expect_len(data, 4, "A.3")
+    if _is_missing(data):
+        return None
+    if data[3] & 0xA0:
+        raise DataUnitError(f"A.3 {data.hex(' ')}: reserved bits D7/D5 of byte 4 are set")
+    magnitude = bcd_to_int(data[:3]) + from_bcd_byte(data[3] & 0x0F) * 1_000_000
+    return (-magnitude if data[3] & 0x10 else magnitude), bool(data[3] & 0x40)
+
+
+def encode_a3(value: int, large_unit: bool) -> bytes:
+    """(signed value, G) -> A.3; |value| <= 9 999 999."""
+    if not -9_999_999 <= value <= 9_999_999:
+        raise EncodeError(f"{value} does not fit A.3 (+/-9999999)")
+    m = abs(value)
+    low = int_to_bcd(m % 1_000_000, 3)
+    return low + bytes([large_unit << 6 | (value < 0) << 4 | m // 1_000_000])
+
+
+_LI = Decimal("0.001")      # 1 厘 = 0.001 yuan
+
+
+def decode_a3_money(data: bytes) -> Decimal | None:
+    """A.3 money -> yuan (G = 0: the value is in 厘, G = 1: in 元)."""
+    v = decode_a3(data)
+    if v is None:
+        return None
+    value, yuan = v
+    return Decimal(value) if yuan else Decimal(value).scaleb(-3)
+
+
+def encode_a3_money(value: Decimal | None, *, exact: bool = True) -> bytes:
+    """yuan -> A.3 money: in 厘 (G = 0) when it fits (|v| <= 9999.999), else whole 元 (G = 1).
+
+    ``exact`` (a purchase): an amount that A.3 cannot carry without rounding raises
+    ``EncodeError``. Otherwise (a balance being reported) it is cut toward zero to the 厘 or,
+    above 9999.999, to the whole yuan, so the master never sees more credit than there is.
+    """
+    if value is None:
+        return b"\xee" * 4
+    v = Decimal(value)
+    li = v.scaleb(3)
+    if abs(li) <= 9_999_999:
+        if li != li.to_integral_value() and exact:
+            raise EncodeError(f"{value} yuan has more than 3 decimals (A.3 counts 厘)")
+        return encode_a3(int(li), False)          # int() cuts toward zero
+    if v != v.to_integral_value() and exact:
+        raise EncodeError(f"{value} yuan above 9999.999 must be whole yuan in A.3")
+    if abs(v) > 9_999_999:
+        raise EncodeError(f"{value} yuan does not fit A.3")
+    return encode_a3(int(v), True)
 
 
 def decode_a11(data: bytes) -> Decimal | None:
@@ -843,6 +906,238 @@ class AllowClose:
         return "allow close"
 
 
+# --- prepayment (issue 8; docs/prepayment.md "Master station (Q/GDW 1376.1)") ---------------
+
+PURCHASE_ADD = 0x55         # 追加: add the amount to the remaining credit
+PURCHASE_REPLACE = 0xAA     # 刷新: the amount becomes the remaining credit
+FN_PURCHASE_HISTORY = 2044  # AFN0A [private]: the last n purchases of a meter
+FN_METER_CONTROL = 2043     # AFN10 [private]: the master's direct trip/close of one meter
+METER_TRIP = 0x1A           # action codes as in the DL/T 645 0x1C payload (N1)
+METER_CLOSE = 0x1C
+_METER_ACTIONS = {METER_TRIP: "trip", METER_CLOSE: "close"}
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseParams:
+    """AFN04 F47 (set) and AFN0A F47 (reply), purchase (credit) control parameters, 17 bytes::
+
+        order number BIN (4 LE) | add/replace flag (1: 55H add, AAH replace) |
+        amount A.3 (4) | alarm threshold A.3 (4) | trip threshold A.3 (4)
+
+    [V2: a C# master decoder (case 47: BIN 4, 55 = 追加, three A.3) and a terminal's ERC19
+    decoder with the same fields; 55H/AAH also in a terminal's F47 check]. Money in yuan
+    (A.3 厘 or 元). pn is the meter's measuring point here (the standard uses the total-add
+    group; see docs/prepayment.md). A threshold of EE (None) leaves the meter's threshold as
+    it is (the standard always sends both).
+    """
+
+    order_no: int
+    amount: Decimal
+    replace: bool = False
+    alarm_threshold: Decimal | None = None
+    trip_threshold: Decimal | None = None
+
+    SIZE: ClassVar[int] = 17
+
+    def encode(self) -> bytes:
+        if not 0 <= self.order_no <= 0xFFFFFFFF:
+            raise EncodeError(f"order number {self.order_no} does not fit 4 bytes")
+        return (self.order_no.to_bytes(4, "little")
+                + bytes([PURCHASE_REPLACE if self.replace else PURCHASE_ADD])
+                + encode_a3_money(self.amount) + encode_a3_money(self.alarm_threshold)
+                + encode_a3_money(self.trip_threshold))
+
+    @classmethod
+    def decode(cls, data: bytes) -> PurchaseParams:
+        _expect_len(data, 17, "F47 purchase parameters")
+        if data[4] not in (PURCHASE_ADD, PURCHASE_REPLACE):
+            raise DataUnitError(f"F47 add/replace flag {data[4]:02X} is neither 55 nor AA")
+        amount = decode_a3_money(data[5:9])
+        if amount is None:
+            raise DataUnitError("F47 purchase amount cannot be missing (EE)")
+        return cls(int.from_bytes(data[0:4], "little"), amount, data[4] == PURCHASE_REPLACE,
+                   decode_a3_money(data[9:13]), decode_a3_money(data[13:17]))
+
+    def describe(self) -> str:
+        def th(v: Decimal | None) -> str:
+            return "unchanged" if v is None else f"{v} yuan"
+        return (f"purchase order {self.order_no}: {'replace credit with' if self.replace else 'add'}"
+                f" {self.amount} yuan, alarm {th(self.alarm_threshold)}, "
+                f"trip {th(self.trip_threshold)}")
+
+
+@dataclass(frozen=True, slots=True)
+class RemainingCredit:
+    """AFN0C F23 reply, current remaining credit (终端当前剩余电量(费)): A.3, 4 bytes, yuan.
+    [V2: a terminal's F23 store (4 bytes, format 03) and a C# master decoder]"""
+
+    balance: Decimal | None
+
+    def encode(self) -> bytes:
+        return encode_a3_money(self.balance, exact=False)
+
+    @classmethod
+    def decode(cls, data: bytes) -> RemainingCredit:
+        return cls(decode_a3_money(data))
+
+    def describe(self) -> str:
+        return "remaining credit EE" if self.balance is None else \
+            f"remaining credit {self.balance} yuan"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectOn:
+    """AFN05 F25, protect (保电) on: 1 byte BIN, duration in half hours, 0 = until F33.
+    [V2: a terminal's AFN05 store (1 byte BIN 0.5 h), a C# master decoder (x 0.5 h) and a
+    master's dictionary (0 = 长期保电)]"""
+
+    half_hours: int = 0
+
+    def encode(self) -> bytes:
+        return bytes([_u8(self.half_hours, "protect duration")])
+
+    @classmethod
+    def decode(cls, data: bytes) -> ProtectOn:
+        _expect_len(data, 1, "AFN05 F25")
+        return cls(data[0])
+
+    def describe(self) -> str:
+        return ("protect on until cancelled" if not self.half_hours
+                else f"protect on for {self.half_hours * 30} min")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectOff:
+    """AFN05 F33, protect (保电) off (no data)."""
+
+    def encode(self) -> bytes:
+        return b""
+
+    def describe(self) -> str:
+        return "protect off"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterControl:
+    """AFN10 F2043 [private] downlink, the master's direct trip/close of one meter, 7 bytes::
+
+        meter address (6, as in the archive) | action (1: 1AH trip, 1CH close)
+
+    With pn = p0 the address names the meter; with pn = its measuring point the address may
+    be EE x 6 (then the point names it). The standard's AFN10 F10 has no layout we could pin
+    from two public sources, so this is private (docs/prepayment.md).
+    """
+
+    meter: str | None
+    action: int
+
+    def __post_init__(self) -> None:
+        if self.action not in _METER_ACTIONS:
+            raise EncodeError(f"meter control action {self.action:#04x} is not 1A or 1C")
+
+    @property
+    def action_name(self) -> str:
+        return _METER_ACTIONS[self.action]
+
+    def encode(self) -> bytes:
+        return (b"\xee" * 6 if self.meter is None else address_to_wire(self.meter)) + bytes(
+            [self.action])
+
+    @classmethod
+    def decode(cls, data: bytes) -> MeterControl:
+        _expect_len(data, 7, "AFN10 F2043")
+        if data[6] not in _METER_ACTIONS:
+            raise DataUnitError(f"meter control action {data[6]:02X} is not 1A or 1C")
+        return cls(None if _is_missing(data[:6]) else address_from_wire(data[:6]), data[6])
+
+    def describe(self) -> str:
+        return f"direct {self.action_name} of meter {self.meter or '(by measuring point)'}"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """AFN0A F2044 [private] downlink: how many recent purchases (1 byte, 1..255)."""
+
+    count: int = 20
+
+    def encode(self) -> bytes:
+        if not 1 <= self.count <= 255:
+            raise EncodeError(f"history count {self.count} is not 1..255")
+        return bytes([self.count])
+
+    @classmethod
+    def decode(cls, data: bytes) -> HistoryRequest:
+        _expect_len(data, 1, "AFN0A F2044 request")
+        if data[0] == 0:
+            raise DataUnitError("history count 0")
+        return cls(data[0])
+
+    def describe(self) -> str:
+        return f"last {self.count} purchases"
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseEntry:
+    """One 22-byte record of AFN0A F2044: order BIN (4 LE) | flag (1) | amount A.3 |
+    balance before A.3 | balance after A.3 | applied at A.15 (5)."""
+
+    order_no: int
+    amount: Decimal
+    replace: bool
+    balance_before: Decimal | None
+    balance_after: Decimal | None
+    applied_at: datetime | None
+
+    SIZE: ClassVar[int] = 22
+
+    def encode(self) -> bytes:
+        if not 0 <= self.order_no <= 0xFFFFFFFF:
+            raise EncodeError(f"order number {self.order_no} does not fit 4 bytes")
+        at = None if self.applied_at is None else self.applied_at.replace(second=0,
+                                                                           microsecond=0)
+        return (self.order_no.to_bytes(4, "little")
+                + bytes([PURCHASE_REPLACE if self.replace else PURCHASE_ADD])
+                + encode_a3_money(self.amount, exact=False)
+                + encode_a3_money(self.balance_before, exact=False)
+                + encode_a3_money(self.balance_after, exact=False) + encode_a15(at))
+
+    @classmethod
+    def decode(cls, data: bytes) -> PurchaseEntry:
+        _expect_len(data, 22, "purchase record")
+        if data[4] not in (PURCHASE_ADD, PURCHASE_REPLACE):
+            raise DataUnitError(f"purchase flag {data[4]:02X} is neither 55 nor AA")
+        amount = decode_a3_money(data[5:9])
+        if amount is None:
+            raise DataUnitError("purchase record amount cannot be missing (EE)")
+        return cls(int.from_bytes(data[0:4], "little"), amount, data[4] == PURCHASE_REPLACE,
+                   decode_a3_money(data[9:13]), decode_a3_money(data[13:17]),
+                   decode_a15(data[17:22]))
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseHistory:
+    """AFN0A F2044 [private] reply: n (1) then n x 22-byte ``PurchaseEntry``, newest first."""
+
+    entries: tuple[PurchaseEntry, ...]
+
+    def encode(self) -> bytes:
+        return bytes([_u8(len(self.entries), "record count")]) + b"".join(
+            e.encode() for e in self.entries)
+
+    @classmethod
+    def decode(cls, data: bytes) -> PurchaseHistory:
+        if not data:
+            raise DataUnitError("purchase history needs a count byte")
+        n = data[0]
+        _expect_len(data, 1 + 22 * n, f"purchase history of {n} records")
+        return cls(tuple(PurchaseEntry.decode(data[1 + 22 * i:23 + 22 * i]) for i in range(n)))
+
+    def describe(self) -> str:
+        return f"{len(self.entries)} purchases: " + "; ".join(
+            f"#{e.order_no} {'=' if e.replace else '+'}{e.amount} -> {e.balance_after}"
+            for e in self.entries)
+
+
 @dataclass(frozen=True, slots=True)
 class TerminalClock:
     """A.1 clock: AFN0C F2 (terminal clock reply) and AFN05 F31 (set the terminal clock)."""
@@ -1250,6 +1545,11 @@ def _len_events_up(buf: bytes, pos: int, end: int) -> int:
     return p - pos
 
 
+def _len_history(buf: bytes, pos: int, end: int) -> int:
+    _need(end, pos, 1, "purchase history")
+    return 1 + PurchaseEntry.SIZE * buf[pos]
+
+
 def _len_forward_down(buf: bytes, pos: int, end: int) -> int:
     _need(end, pos, 6, "AFN10 F1")
     return 6 + int.from_bytes(buf[pos + 4:pos + 6], "little")
@@ -1297,6 +1597,17 @@ KNOWN_FN: dict[tuple[int, int], _FnSpec] = {
     (0x05, 1): _spec("remote trip", (_fixed(1), RemoteTrip.decode)),
     (0x05, 2): _spec("allow close", (_fixed(0), _const(AllowClose()))),
     (0x05, 31): _spec("set clock", (_fixed(6), TerminalClock.decode)),
+    (0x04, 47): _spec("purchase control parameters", (_fixed(17), PurchaseParams.decode)),
+    (0x05, 25): _spec("protect on", (_fixed(1), ProtectOn.decode)),
+    (0x05, 33): _spec("protect off", (_fixed(0), _const(ProtectOff()))),
+    (0x0A, 47): _spec("purchase control parameters", _EMPTY,
+                      (_fixed(17), PurchaseParams.decode)),
+    (0x0A, FN_PURCHASE_HISTORY): _spec("purchase history [private]",
+                                       (_fixed(1), HistoryRequest.decode),
+                                       (_len_history, PurchaseHistory.decode)),
+    (0x0C, 23): _spec("remaining credit", _EMPTY, (_fixed(4), RemainingCredit.decode)),
+    (0x10, FN_METER_CONTROL): _spec("direct meter trip/close [private]",
+                                    (_fixed(7), MeterControl.decode), _EMPTY),
     (0x09, 1): _spec("terminal version", _EMPTY, (_fixed(41), TerminalVersion.decode)),
     (0x0A, 1): _spec("terminal uplink comm parameters", _EMPTY,
                      (_fixed(6), TerminalCommParams.decode)),
