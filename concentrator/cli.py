@@ -39,6 +39,9 @@ def _attach() -> None:
     from concentrator import cli_run
 
     main.add_command(cli_run.run_cmd)
+    from concentrator import cli_prepay
+
+    main.add_command(cli_prepay.prepay)
 
 
 _attach()

@@ -21,6 +21,7 @@ The sections (documented key by key in ``config/concentrator.yaml``):
 ``logging``     log level.
 ``control``     the control socket (path, group, mode) and the audit log.
 ``security``    authentication of the master's commands (``require_mac``), key file, Tp age.
+``prepay``      optional: prepaid meters (tariffs, thresholds, credit), protected periods, retries.
 
 What may change on SIGHUP without a restart is decided by ``reloadable_diff(old, new)``.
 """
@@ -33,7 +34,8 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,8 @@ __all__ = [
     "ControlConfig",
     "LoggingConfig",
     "SecurityConfig",
+    "PrepayAccountConfig",
+    "PrepayConfig",
     "ReloadPlan",
     "METER_PROTOCOLS",
     "CHANNELS",
@@ -303,6 +307,33 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrepayAccountConfig:
+    """One prepaid meter: flat price or DL/T 645 tariff 1..4 prices (yuan/kWh), thresholds."""
+
+    address: str
+    flat_price: Decimal | None = None   # yuan/kWh; also the fallback when tariffs are missing
+    prices: tuple[Decimal, ...] = ()    # tariff registers 1..4 (sharp, peak, flat, valley)
+    alarm: Decimal = Decimal("20")      # below this credit the meter alarms (0x1C N1 2A)
+    trip: Decimal = Decimal("0")        # at or below this credit the meter is tripped
+    initial_credit: Decimal = Decimal("0")
+
+
+@dataclass(frozen=True, slots=True)
+class PrepayConfig:
+    """``prepay``: see concentrator/prepay.py and docs/prepayment.md."""
+
+    enabled: bool = False
+    read_interval: float = 900.0        # seconds between energy reads of prepaid meters
+    close_mode: str = "direct"          # "direct" (N1 1C) | "allowed" (N1 1B, customer button)
+    trip_expiry_minutes: int = 30       # validity of a 0x1C command (N3..N8)
+    max_attempts: int = 5
+    retry_backoff: float = 60.0         # seconds before the 2nd attempt; doubles each time
+    protect_daily: tuple[tuple[time, time], ...] = ()   # e.g. 22:00-06:00 (may cross midnight)
+    protect_holidays: tuple[date, ...] = ()
+    accounts: tuple[PrepayAccountConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     paths: PathsConfig
@@ -318,6 +349,7 @@ class Config:
     logging: LoggingConfig
     control: ControlConfig
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    prepay: PrepayConfig = field(default_factory=PrepayConfig)
 
 
 # --- the checking reader -------------------------------------------------------------------------
@@ -756,7 +788,7 @@ def _control(s: _Section, runtime: Path, state: Path) -> ControlConfig:
 
 
 _TOP_KEYS = ("paths", "terminal", "module", "summary_meter", "mesh", "reading", "lineloss",
-             "store", "uplink", "archive", "logging", "control", "security")
+             "store", "uplink", "archive", "logging", "control", "security", "prepay")
 
 
 def parse(data: Any, source: str = "<config>") -> Config:
@@ -780,11 +812,129 @@ def parse(data: Any, source: str = "<config>") -> Config:
         logging=_logging(top.sub("logging")),
         control=_control(top.sub("control"), paths.runtime, paths.state),
         security=_security(top.sub("security"), paths.etc),
+        prepay=_prepay(top.sub("prepay")),
     )
     top.finish()
     if issues:
         raise ConfigError(source, issues)
     return cfg
+
+
+def _to_money(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() else None
+
+
+def _money(s: _Section, name: str, default: Any = _MISSING, lo: Decimal | None = None) -> Any:
+    """A money amount (yuan) or price as Decimal: 12.5, "12.50"; floats keep their printed digits."""
+    value = s.raw(name, default)
+    if value is _MISSING or value is default:
+        return None if value is _MISSING else value
+    amount = _to_money(value)
+    if amount is None:
+        s.error(name, f"must be an amount like 12.50, got {_kind(value)}")
+        return None if default is _MISSING else default
+    if lo is not None and amount < lo:
+        s.error(name, f"out of range: {value} (at least {lo})")
+        return None if default is _MISSING else default
+    return amount
+
+
+def _time_range(text: Any) -> tuple[time, time] | None:
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text) \
+        if isinstance(text, str) else None
+    if not m:
+        return None
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        return None
+    return time(h1, m1), time(0, 0) if h2 == 24 else time(h2, m2)
+
+
+def _prepay_account(s: _Section) -> PrepayAccountConfig:
+    address = s.address("address")
+    flat = _money(s, "price", None, lo=Decimal(0))
+    prices: list[Decimal] = []
+    raw = s.raw("tariff_prices", None)
+    if raw is not None:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= 4:
+            s.error("tariff_prices", "must be a list of 1..4 prices (tariff registers 1..4)")
+        else:
+            for i, v in enumerate(raw):
+                p = _to_money(v)
+                if p is None or p < 0:
+                    s.error(f"tariff_prices[{i}]", f"must be a price like 0.52, got {_kind(v)}")
+                prices.append(p if p is not None and p >= 0 else Decimal(0))
+    if flat is None and not prices:
+        s.error("price", "missing key: give price (flat) or tariff_prices (by time period)")
+    d = PrepayAccountConfig("")
+    alarm = _money(s, "alarm", d.alarm)
+    trip = _money(s, "trip", d.trip)
+    if alarm is not None and trip is not None and alarm < trip:
+        s.error("alarm", f"must not be below the trip threshold ({trip})")
+    out = PrepayAccountConfig(address, flat, tuple(prices), alarm, trip,
+                              _money(s, "initial_credit", Decimal(0)))
+    s.finish()
+    return out
+
+
+def _prepay(s: _Section) -> PrepayConfig:
+    d = PrepayConfig()
+    interval = s.number("read_interval", d.read_interval / 60, lo=1, hi=1440)
+    daily: list[tuple[time, time]] = []
+    holidays: list[date] = []
+    prot = s.sub("protect")
+    for i, text in enumerate(prot.raw("daily", None) or []):
+        r = _time_range(text)
+        if r is None or r[0] == r[1]:
+            prot.error(f"daily[{i}]", f"must be a time range HH:MM-HH:MM, got {text!r}")
+        else:
+            daily.append(r)
+    for i, v in enumerate(prot.raw("holidays", None) or []):
+        if isinstance(v, str):
+            try:
+                v = date.fromisoformat(v.strip())
+            except ValueError:
+                pass
+        if isinstance(v, date):
+            holidays.append(v)
+        else:
+            prot.error(f"holidays[{i}]", f"must be a date YYYY-MM-DD, got {v!r}")
+    prot.finish()
+    accounts: list[PrepayAccountConfig] = []
+    raw = s.raw("accounts", None)
+    if raw is not None and not isinstance(raw, list):
+        s.error("accounts", f"must be a list of prepaid meters, got {_kind(raw)}")
+        raw = None
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw or []):
+        sub = _Section(s.issues, s.key(f"accounts[{i}]"), item)
+        acc = _prepay_account(sub)
+        if acc.address is not None:
+            if acc.address in seen:
+                sub.error("address", f"duplicate meter {acc.address} (also accounts[{seen[acc.address]}])")
+            seen.setdefault(acc.address, i)
+        accounts.append(acc)
+    out = PrepayConfig(
+        enabled=s.boolean("enabled", d.enabled),
+        read_interval=(interval or d.read_interval / 60) * 60.0,
+        close_mode=s.string("close_mode", d.close_mode, choices=("direct", "allowed"),
+                            what="close mode"),
+        trip_expiry_minutes=s.integer("trip_expiry_minutes", d.trip_expiry_minutes, lo=1,
+                                      hi=1440),
+        max_attempts=s.integer("max_attempts", d.max_attempts, lo=1, hi=100),
+        retry_backoff=s.duration("retry_backoff", d.retry_backoff, lo=1, hi=86400),
+        protect_daily=tuple(daily),
+        protect_holidays=tuple(holidays),
+        accounts=tuple(accounts),
+    )
+    s.finish()
+    return out
 
 
 def _security(s: _Section, etc: Path) -> SecurityConfig:

@@ -24,6 +24,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,19 @@ from concentrator.config import Config
 from concentrator.control import CommandError, ControlServer, StreamResult, audit_handler
 from concentrator.keystore import FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore
 from concentrator.notify import Notifier, Watchdog
+from concentrator.prepay import (
+    ControlTicket,
+    PrepayError,
+    PrepayService,
+    PurchaseRecord,
+    PurchaseResult,
+)
 from concentrator.reader import Exchanged, Reader, ReaderError
-from concentrator.store import MeterRecord, RealtimeReading, Store
+from concentrator.store import MeterRecord, RealtimeReading, Store, StoreError
 from concentrator.summary_meter import SummaryMeter
 from concentrator.tasks import default_tasks
 from mesh.engine import Mesh, NodeFound
+from mesh.guard import RogueSuspected
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
 from plc_driver.link import ByteLink, LinkClosed, SerialLink
@@ -97,6 +106,7 @@ class Daemon:
         self.reader: Reader | None = None
         self.uplink: UplinkClient | None = None
         self.summary: SummaryMeter | None = None
+        self.prepay: PrepayService | None = None
         self.module_connected = False
         self.discovering = False
         self.discovery_progress: dict[str, Any] = {}
@@ -123,6 +133,10 @@ class Daemon:
                                 retention_days=cfg.store.retention_days)
         self._apply_archive(cfg.archive, source="archive")
         audit = AuditLog(cfg.control.audit_log)
+        self._keys = self._key_store()
+        if cfg.prepay.enabled:
+            # Prepaid meters' credit and relays (docs/prepayment.md); commands go through the mesh.
+            self.prepay = PrepayService(self.store, self.clock, self, self._keys, audit, cfg.prepay)
         server = ControlServer(cfg.control.socket, self._handlers(audit), group=cfg.control.group,
                                mode=cfg.control.mode, audit=audit)
         await server.start()
@@ -145,6 +159,8 @@ class Daemon:
         }
         if cfg.summary_meter is not None:
             tasks["summary"] = asyncio.create_task(self._summary_loop(stop), name="summary")
+        if self.prepay is not None:
+            tasks["prepay"] = asyncio.create_task(self.prepay.run(stop), name="prepay")
         beats = asyncio.create_task(self._beats(tasks, stop))
         wd = asyncio.create_task(self.watchdog.run())
         self.notifier.ready("concentrator running")
@@ -169,6 +185,14 @@ class Daemon:
             self.store.close()
             log.info("daemon: stopped cleanly")
 
+    def _key_store(self) -> KeyStore:
+        """Terminal keys and meter passwords; an unusable key file leaves an empty store."""
+        try:
+            return FileKeyStore(self.config.security.key_file)
+        except KeyStoreError as exc:
+            self.faults.fail("key store", f"{exc}; state-changing commands will be refused")
+            return MemoryKeyStore()
+
     def _command_guard(self) -> security.CommandGuard:
         """Authentication of the master's state-changing commands (docs/security.md).
 
@@ -176,13 +200,7 @@ class Daemon:
         ``security.require_mac`` is on.
         """
         cfg, sec = self.config, self.config.security
-        keys: KeyStore
-        try:
-            keys = FileKeyStore(sec.key_file)
-        except KeyStoreError as exc:
-            self.faults.fail("key store", f"{exc}; state-changing commands will be refused")
-            keys = MemoryKeyStore()
-        return security.guard_for(keys, cfg.terminal.district, cfg.terminal.address,
+        return security.guard_for(self._keys, cfg.terminal.district, cfg.terminal.address,
                                   require_mac=sec.require_mac,
                                   max_delay=timedelta(seconds=sec.max_delay), kv=self.store)
 
@@ -270,6 +288,11 @@ class Daemon:
             self.mesh = Mesh(driver, Topology(root), clock=self.clock, config=mcfg,
                              db=self.store, on_event=self._mesh_event)
         if not self.mesh.formed:
+            if not any(n.address != self.mesh.root for n in self.mesh.topology.nodes()):
+                # No mesh state (first start, or killed before discovery saved it): the module
+                # may still hold the nodes a lost discovery registered, and a search only finds
+                # nodes outside its archive. Found by the fault campaign (kill -9 in formation).
+                await driver.clear_slaves()
             await self.discover()
         else:
             register_found(self.mesh, self.store)
@@ -389,6 +412,12 @@ class Daemon:
     def _mesh_event(self, event: Any) -> None:
         if isinstance(event, NodeFound):
             self.discovery_progress["found"] = self.discovery_progress.get("found", 0) + 1
+        elif isinstance(event, RogueSuspected) and self.store is not None:
+            # Already rate-limited by the mesh guard (one per suspect per hour): ERC 35.
+            try:
+                self.store.add_event(event.erc, event.address, event.event_detail())
+            except StoreError as exc:
+                log.error("mesh: rogue event for %s not stored: %s", event.address, exc)
         log.debug("mesh event: %s", event)
         for waiter in list(self._event_waiters):
             waiter.set()
@@ -419,6 +448,7 @@ class Daemon:
             "archive.remove": self._h_archive_remove,
             "archive.import": self._h_archive_import,
             "audit": audit_handler(audit),
+            **(self.prepay.control_handlers() if self.prepay is not None else {}),
         }
 
     def _iso(self, ts: float | datetime | None) -> str | None:
@@ -744,6 +774,35 @@ class _Services:
             d.mesh.set_archive([(a.address, PROTOCOL_CODES.get(a.protocol, 2))
                                 for a in d.store.meters() if a.source == "archive"])
         log.info("archive: %d meters set, %d removed by the master", len(upserted), len(removed))
+
+    # --- prepayment (docs/prepayment.md); refused cleanly when prepayment is off ----------
+
+    async def purchase(self, meter: str, order_no: int, amount: Decimal, replace: bool,
+                       alarm_threshold: Decimal | None, trip_threshold: Decimal | None,
+                       source: str) -> PurchaseResult:
+        if self.d.prepay is None:
+            return PurchaseResult("not-prepaid", reason="prepayment is not enabled here")
+        return await self.d.prepay.purchase(meter, order_no, amount, replace, alarm_threshold,
+                                            trip_threshold, source)
+
+    async def balance(self, meter: str) -> Decimal | None:
+        return None if self.d.prepay is None else await self.d.prepay.balance(meter)
+
+    async def purchases(self, meter: str, limit: int = 20) -> list[PurchaseRecord]:
+        return [] if self.d.prepay is None else await self.d.prepay.purchases(meter, limit)
+
+    async def set_protect(self, meter: str | None, on: bool, until: datetime | None,
+                          source: str) -> None:
+        if self.d.prepay is None:
+            log.warning("protect %s from %s ignored: prepayment is not enabled",
+                        "on" if on else "off", source)
+            return
+        await self.d.prepay.set_protect(meter, on, until, source)
+
+    async def request_control(self, meter: str, action: str, source: str) -> ControlTicket:
+        if self.d.prepay is None:
+            raise PrepayError("prepayment (meter control) is not enabled here")
+        return await self.d.prepay.request_control(meter, action, source)
 
     async def set_time(self, when: datetime) -> None:
         # The daemon runs unprivileged (no CAP_SYS_TIME): record the correction; the system

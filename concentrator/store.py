@@ -397,10 +397,66 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+_SCHEMA_V2 = """
+CREATE TABLE prepay_account (
+    meter TEXT PRIMARY KEY,
+    params TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE prepay_ledger (
+    meter TEXT PRIMARY KEY,
+    balance TEXT NOT NULL,
+    last_registers TEXT,
+    last_time TEXT,
+    alarm_on INTEGER NOT NULL DEFAULT 0,
+    credit_trip INTEGER NOT NULL DEFAULT 0,
+    protect INTEGER NOT NULL DEFAULT 0,
+    protect_until TEXT,
+    updated TEXT NOT NULL
+);
+CREATE TABLE prepay_purchase (
+    meter TEXT NOT NULL,
+    order_no INTEGER NOT NULL,
+    amount TEXT NOT NULL,
+    replace INTEGER NOT NULL,
+    alarm_threshold TEXT,
+    trip_threshold TEXT,
+    balance_before TEXT NOT NULL,
+    balance_after TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (meter, order_no)
+);
+CREATE INDEX prepay_purchase_time ON prepay_purchase (meter, applied_at);
+CREATE TABLE prepay_action (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    meter TEXT NOT NULL,
+    action TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at TEXT,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    outcome TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX prepay_action_state ON prepay_action (state, meter);
+"""
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # Prepayment (concentrator/prepay.py owns the SQL on these tables).
+    for statement in _SCHEMA_V2.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 # Applied in order: entry i takes the schema from version i to i + 1. Append, never edit.
 Migration = tuple[str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     ("initial schema: archive, readings, events, line loss, statistics, kv, outbox", _migration_1),
+    ("prepayment: accounts, ledger, purchases, control actions", _migration_2),
 ]
 
 _DATA_TABLES = ("daily", "curve", "realtime", "events", "line_loss", "read_stats", "read_rounds")

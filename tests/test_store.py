@@ -120,7 +120,7 @@ def test_new_migration_is_applied_on_reopen_and_keeps_data(path, clock, monkeypa
                         [*store_mod.MIGRATIONS, ("archive notes", add_note_column)])
     s = Store.open(path, clock=clock)
     try:
-        assert s.schema_version == 2
+        assert s.schema_version == len(store_mod.MIGRATIONS)
         assert "note" in s.db["archive"].columns_dict
         assert s.daily(M1, TODAY).fwd_total == D("1234.56")
     finally:
@@ -129,16 +129,17 @@ def test_new_migration_is_applied_on_reopen_and_keeps_data(path, clock, monkeypa
 
 def test_failing_migration_rolls_back_and_refuses_to_open(path, clock, monkeypatch):
     Store.open(path, clock=clock).close()
+    current = len(store_mod.MIGRATIONS)
 
     def broken(db):
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("boom")
 
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, ("broken", broken)])
-    with pytest.raises(StoreError, match="migration to v2"):
+    with pytest.raises(StoreError, match=f"migration to v{current + 1}"):
         Store.open(path, clock=clock)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == current
     assert conn.execute("SELECT name FROM sqlite_master WHERE name='half_done'").fetchone() is None
     conn.close()
 
