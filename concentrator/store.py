@@ -23,7 +23,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -463,6 +463,25 @@ _DATA_TABLES = ("daily", "curve", "realtime", "events", "line_loss", "read_stats
 
 
 # --- conversions ----------------------------------------------------------------------------
+
+def _slot_ranges(slots: Sequence[int]) -> str:
+    """Sorted slot numbers as compact ranges: [0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for slot in slots:
+        if runs and slot == runs[-1][1] + 1:
+            runs[-1][1] = slot
+        else:
+            runs.append([slot, slot])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _parse_slot_ranges(text: str) -> set[int]:
+    keep: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        keep.update(range(int(lo), int(hi or lo) + 1))
+    return keep
+
 
 def _address(a: str, what: str = "meter") -> str:
     try:
@@ -1070,7 +1089,10 @@ class Store:
                 " ON CONFLICT (meter, day, item) DO UPDATE SET points=excluded.points",
                 (meter, ds, item, density_min, pack_points(merged)),
             )
-            self._outbox_put("curve", meter, ref, ds)
+            # Upload only the points this write changed: a day's curve grows point by point, and
+            # re-sending the whole day each time would deliver every point many times over.
+            changed = [i for i in range(count) if merged[i] != values[i]]
+            self._outbox_put("curve", meter, f"{ref}/{_slot_ranges(changed)}", ds)
         log.debug("meter %s curve %s: %d points upserted", meter, ref, len(updates))
         return True
 
@@ -1288,10 +1310,18 @@ class Store:
                           " WHERE meter=? AND freeze_date=?", (meter, ref)).fetchone()
             return None if r is None else self._daily_row(r)
         if kind == "curve":
-            day, _, item = ref.partition("/")
+            day, _, rest = ref.partition("/")
+            item, _, slots = rest.partition("/")
             r = c.execute("SELECT meter, day, item, density_min, points FROM curve"
                           " WHERE meter=? AND day=? AND item=?", (meter, day, item)).fetchone()
-            return None if r is None else self._curve_row(r)
+            if r is None:
+                return None
+            curve = self._curve_row(r)
+            if not slots:  # written before uploads became incremental: the whole day
+                return curve
+            keep = _parse_slot_ranges(slots)
+            return replace(curve, points=tuple(v if i in keep else None
+                                               for i, v in enumerate(curve.points)))
         if kind == "realtime":
             r = c.execute("SELECT * FROM realtime WHERE meter=? AND read_time=?",
                           (meter, ref)).fetchone()

@@ -495,6 +495,11 @@ class ModuleDriver:
         await self._confirmed(0x11, 6)
         log.info("module: search stopped")
 
+    async def clear_slaves(self) -> None:
+        """01 F2 (parameter area init): the module forgets its whole slave archive."""
+        await self._confirmed(0x01, 2)
+        log.warning("module: slave archive cleared (01 F2)")
+
     async def restart(self) -> None:
         """12 F1: restart the module's routing work."""
         await self._confirmed(0x12, 1)

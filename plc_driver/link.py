@@ -149,7 +149,9 @@ class SerialLink:
                 timeout=0,
                 write_timeout=0,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            # termios.error is not an OSError: a port that refuses its line settings (seen on
+            # a pty reopened after a SIGKILL) must be a retried fault, not a dead serial loop.
             raise LinkClosed(f"{port}: cannot open: {exc}") from exc
         self._fd = self._serial.fileno()
         os.set_blocking(self._fd, False)

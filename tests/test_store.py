@@ -237,6 +237,25 @@ def test_curve_upserts_points_into_one_row_per_meter_and_day(store):
         store.write_curve(M1, TODAY, {96: D(1)})
 
 
+def test_a_growing_curve_uploads_each_point_once(store):
+    # 00:00 read at 00:05, 00:15 at 00:20 ... the master must not get 00:00 again each time.
+    store.write_curve(M1, TODAY, {0: D("1.5")})
+    (first,) = store.outbox_pending()
+    store.write_curve(M1, TODAY, {1: D("1.75"), 2: D("2.0")})
+    store.write_curve(M1, TODAY, {2: D("2.0")})                # nothing new: nothing queued
+    pending = store.outbox_pending()
+    assert [p.seq for p in pending][0] == first.seq and len(pending) == 2
+    sent = [{i: v for i, v in enumerate(p.payload.points) if v is not None} for p in pending]
+    assert sent == [{0: D("1.5")}, {1: D("1.75"), 2: D("2.0")}]
+    # The first upload is confirmed while the second waits: the second still holds its points.
+    store.outbox_confirm([first.seq])
+    (left,) = store.outbox_pending()
+    assert left.payload.points[:3] == (None, D("1.75"), D("2.0"))
+    # A re-read that changes a point sends that point again (the master gets the new value).
+    store.write_curve(M1, TODAY, {0: D("1.6")})
+    assert [p.payload.points[0] for p in store.outbox_pending()] == [None, D("1.6")]
+
+
 def test_realtime_latest_per_meter(store):
     for h in (1, 3, 2):
         store.write_realtime(RealtimeReading(M1, datetime(2024, 5, 10, h), D(f"10{h}.00"),
