@@ -52,6 +52,7 @@ from concentrator import dlt645
 from concentrator.clock import Clock
 from concentrator.config import MeshConfig
 from mesh import persist
+from mesh.guard import MeshGuard, screen_search
 from mesh.routes import Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import ExchangeResult, ModuleDriver, ModuleError, ReadFailure
@@ -246,6 +247,7 @@ class Mesh:
         self._late_reg: list[tuple[str, int]] = []
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._last_save: float | None = None
+        self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._rebuild_hosts()
 
     # --- construction from saved state -------------------------------------------------------
@@ -435,7 +437,7 @@ class Mesh:
         return None if route is None else (*route.relays, proxy)
 
     async def _search_from(self, proxy: str, level: int, plug_and_play: bool,
-                           minutes: int | None = None) -> list[str]:
+                           minutes: int | None = None, slices: int | None = None) -> list[str]:
         """One registration search from ``proxy``; returns the nodes it found first."""
         path = self._proxy_path(proxy)
         if path is None:
@@ -444,7 +446,8 @@ class Mesh:
         tn = self.tuning
         if minutes is None:
             minutes = tn.root_search_minutes if proxy == self.root else tn.proxy_search_minutes
-        slices = tn.root_slices if proxy == self.root else tn.proxy_slices
+        if slices is None:
+            slices = tn.root_slices if proxy == self.root else tn.proxy_slices
         found: list[tuple[str, int | None, Any]] = []
         async with self._search_lock:
             self.stats.searches += 1
@@ -471,6 +474,7 @@ class Mesh:
                 log.warning("mesh: search from %s did not end, stopping it", proxy)
                 with contextlib.suppress(ModuleError):
                     await self.driver.stop_search()
+        found = await screen_search(self, proxy, path, found, slices)
         new: list[str] = []
         reg: list[tuple[str, int]] = []
         for address, q, report in found:
@@ -738,11 +742,15 @@ class Mesh:
         if host not in self.topology:
             log.info("mesh: exchange with unknown meter %s refused", address)
             return ExchangeOutcome(address, None, "unknown meter", None, 0, 0.0)
-        routes = self.topology.routes(host)
-        if not routes:
+        primary = self.topology.primary(host)
+        if primary is None:
             log.info("mesh: no route to %s", address)
             self._start_repair(host)
             return ExchangeOutcome(address, None, "no route", None, 0, 0.0)
+        # Alternates are worked out only once the primary has failed (and that failure has
+        # been learned): most exchanges never need them, and the search was per-read CPU.
+        routes = [primary]
+        alternates_fetched = False
         attempts = 0
         last_route: Route | None = None
         failure = "no reply"
@@ -763,6 +771,10 @@ class Mesh:
             failure = _failure_text(result)
             if path_ok:
                 break  # the node answered, its meter did not: another route will not help
+            if not alternates_fetched:
+                alternates_fetched = True
+                routes = [r for r in self.topology.routes(host)
+                          if r.path not in tried][:self.tuning.alternates]
             if not routes:
                 # Learning may have produced a new route that avoids the failed relays.
                 alt = self.topology.route_for(host, avoid=set(route.relays))

@@ -92,7 +92,12 @@ def save(db: sqlite_utils.Database, topology: Topology, alternates: bool = True)
         for table, rows in ((NODES, nodes), (LINKS, links), (ROUTES, routes)):
             db.execute(f"DELETE FROM [{table}]")
             if rows:
-                db[table].insert_all(rows, batch_size=1000)
+                # Plain executemany: sqlite-utils' insert_all inspects every value of every
+                # row, which was most of a save's CPU (an hourly save of 1,000 nodes: 0.5 s).
+                cols = list(rows[0])
+                sql = (f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) "
+                       f"VALUES ({', '.join('?' * len(cols))})")
+                db.conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
     log.info("mesh: saved %d nodes, %d links, %d routes", len(nodes), len(links), len(routes))
 
 

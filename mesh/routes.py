@@ -16,8 +16,10 @@ Hop costs are symmetric, so the planner works on an undirected weighted graph.
 * **Primary routes** come from a shortest-path tree (SPT) from the root in which only the root
   and *relay-capable* nodes (approved, not quarantined) are expanded. The tree is canonical
   (ties broken by the lower address) and maintained incrementally: a cheaper hop propagates
-  only the improvements it causes; a dearer tree hop re-settles only the subtree below it.
-  A node whose SPT path is deeper than ``max_relays`` gets an exact hop-bounded search instead.
+  only the improvements it causes; a dearer tree hop raises the subtree below it by the
+  difference and re-settles only the nodes a hop from outside now reaches more cheaply.
+  A node whose SPT path is deeper than ``max_relays`` gets an exact hop-bounded search instead
+  (kept until its branch or a hop of its path changes).
 * **Alternates** are found on demand with an A* search from the node back to the root whose
   heuristic is the SPT distance (exact for the unpenalised graph, so the search stays narrow);
   relays and hops already used by earlier routes of the node carry ``share_penalty``, so
@@ -76,6 +78,11 @@ class RouteConfig:
     #: share of nodes allowed deeper than max_relays in the tree before a per-hop surcharge
     #: is added (those nodes get an exact but slower hop-bounded search on every change)
     deep_share: float = 0.01
+    #: a hop whose cost moved less than this (seconds; 0.05 ~ 0.3 % delivery probability)
+    #: since the planner last saw it is not re-planned: every exchange nudges its links'
+    #: estimates, and re-settling the routes below a hop per nudge was the engine's main CPU
+    #: cost. Failures, links going down and new hops always go through at once
+    replan_threshold: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_relays <= MAX_RELAY_LEVEL:
@@ -164,9 +171,13 @@ class RoutePlanner:
         self.published: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         #: nodes whose SPT path is deeper than max_relays (they use a bounded search)
         self.deep: set[str] = set()
+        #: their bounded-search paths, kept until a change can move them (see ``_refresh``)
+        self._deep_path: dict[str, tuple[str, ...] | None] = {}
         #: target -> (version, struct_version, primary path, alternates) of the last search
         self._alt_cache: dict[str, tuple[int, int, tuple[str, ...], list[Route]]] = {}
         self.version = 0
+        #: path searches made (alternates, deep nodes, relief): the planner's costly step
+        self.searches = 0
         #: per-hop surcharge (a Lagrange multiplier for the relay limit), tuned by
         #: ``full_recompute`` so that SPT paths fit ``max_relays``; kept fixed in between
         self.hop_surcharge = 0.0
@@ -217,17 +228,22 @@ class RoutePlanner:
         elif self.parent.get(u) == v:
             tree_child = u
         if tree_child is not None:
-            worse = metric is None or old is None or metric.cost > old.cost
-            if worse:
+            if metric is None or old is None:
                 self._invalidate(self._subtree(tree_child), heap, touched)
-            elif metric.medium != old.medium:
-                touched.add(tree_child)
+            else:
+                if metric.cost > old.cost:
+                    # Dearer tree hop: the subtree keeps its paths at a higher price unless a
+                    # hop from outside now beats it (cheaper than forgetting and re-settling
+                    # the whole subtree, which was most of a link change's time).
+                    self._raise_subtree(tree_child, metric.cost - old.cost, heap, touched)
+                if metric.medium != old.medium:
+                    touched.add(tree_child)
         if metric is not None:
             for a, b in ((u, v), (v, u)):
                 if a in self.dist and self._expandable(a):
                     self._relax(a, b, self.adj[a][b].cost, heap, touched)
         self._run(heap, touched)
-        return self._refresh(touched)
+        return self._refresh(touched, hop=(u, v))
 
     def put_edge(self, u: str, v: str, metric: HopMetric | None) -> None:
         """Set a hop without updating routes (bulk loading; call ``full_recompute`` after)."""
@@ -262,6 +278,7 @@ class RoutePlanner:
         self.pins.pop(n, None)
         self.published.pop(n, None)
         self.deep.discard(n)
+        self._deep_path.pop(n, None)
         self._alt_cache.pop(n, None)
         self._run(heap, touched)
         touched.discard(n)
@@ -301,6 +318,7 @@ class RoutePlanner:
         keeps reliability first and only trades it for depth where the limit binds.
         """
         self.version += 1
+        self._deep_path.clear()
         if retune:
             self.hop_surcharge = 0.0
             self._dijkstra_all()
@@ -374,6 +392,18 @@ class RoutePlanner:
             self._set_parent(v, u)
             heapq.heappush(heap, (nd, v))
 
+    def _raise_subtree(self, top: str, delta: float, heap: list, touched: set[str]) -> None:
+        """Every node below ``top`` (included) costs ``delta`` more on its tree path; seed
+        the nodes a hop from outside the subtree now reaches more cheaply."""
+        below = self._subtree(top)
+        dist = self.dist
+        for s in below:
+            dist[s] += delta
+        for s in below:
+            for w, h in self.adj[s].items():
+                if w not in below and w in dist and self._expandable(w):
+                    self._relax(w, s, h.cost, heap, touched)
+
     def _invalidate(self, nodes: set[str], heap: list, touched: set[str],
                     exclude: str | None = None) -> None:
         """Forget the distances of ``nodes`` and seed them from the rest of the tree."""
@@ -432,14 +462,14 @@ class RoutePlanner:
     def _best_path(self, n: str) -> tuple[str, ...] | None:
         """Best path within the relay limit, ignoring pins."""
         path = self.spt_path(n)
-        if path is None:
+        if path is None or len(path) - 1 <= self.cfg.max_hops:
             self.deep.discard(n)
-            return None
-        if len(path) - 1 <= self.cfg.max_hops:
-            self.deep.discard(n)
+            self._deep_path.pop(n, None)
             return path
         self.deep.add(n)
-        return self.search(n, max_hops=self.cfg.max_hops)
+        if n not in self._deep_path:
+            self._deep_path[n] = self.search(n, max_hops=self.cfg.max_hops)
+        return self._deep_path[n]
 
     def primary_path(self, n: str) -> tuple[str, ...] | None:
         pin = self.pins.get(n)
@@ -458,8 +488,15 @@ class RoutePlanner:
             return False
         return cost <= (self.path_cost(best) or 0.0) + self.cfg.relief_margin
 
-    def _refresh(self, touched: Iterable[str], full: bool = False) -> list[str]:
-        """Recompute the primaries that may have changed and report those that did."""
+    def _refresh(self, touched: Iterable[str], full: bool = False,
+                 hop: tuple[str, str] | None = None) -> list[str]:
+        """Recompute the primaries that may have changed and report those that did.
+
+        ``hop``: the one hop whose cost changed (a link update). Deep nodes (bounded search)
+        are then searched again only when their tree branch was touched or the hop lies on
+        their path; re-searching all of them on every link update was most of a link
+        change's time at 2,040 nodes. Any other change re-searches every deep node.
+        """
         affected: set[str] = set()
         if full:
             affected = set(touched)
@@ -468,7 +505,18 @@ class RoutePlanner:
                 if n in affected:
                     continue
                 affected |= self._subtree(n) if n in self.dist else {n}
-        affected |= self.deep
+        if hop is None:
+            stale = set(self.deep)
+        else:
+            pair = {hop, hop[::-1]}
+            stale = set()
+            for d in self.deep:
+                dp = self._deep_path.get(d)
+                if d in affected or dp is None or any(h in pair for h in _hops(dp)):
+                    stale.add(d)
+        for d in stale:
+            self._deep_path.pop(d, None)
+        affected |= stale
         for n, pin in list(self.pins.items()):
             if not self._pin_valid(n, pin):
                 log.info("mesh: relief route of %s dropped (no longer within margin)", n)
@@ -603,8 +651,7 @@ class RoutePlanner:
         """
         if target not in self.adj or target not in self.dist or target == self.root:
             return None
-        if max_hops is not None and self.hop_floor().get(target, 99) > max_hops:
-            return None  # out of reach within the relay limit
+        self.searches += 1
         avoid_n = set(avoid_nodes)
         avoid_h = {frozenset(h) for h in avoid_hops}
         ban = set(banned)
@@ -612,9 +659,13 @@ class RoutePlanner:
         # The cheapest path ignoring the hop bound is the answer whenever it fits the bound
         # (the bounded optimum can only cost more), and it settles each node once; the
         # Pareto (node, hops) search below is only needed when it does not fit.
+        # The hop floor (a BFS over the whole graph, recomputed after every new hop) is only
+        # consulted when the plain answer does not fit: most searches never need it.
         path = self._search_plain(target, avoid_n, avoid_h, ban, ban_h)
         if path is None or max_hops is None or len(path) - 1 <= max_hops:
             return path
+        if self.hop_floor().get(target, 99) > max_hops:
+            return None  # out of reach within the relay limit
         return self._search_bounded(target, avoid_n, avoid_h, ban, ban_h, max_hops)
 
     def _search_plain(self, target: str, avoid_n: set[str], avoid_h: set[frozenset],

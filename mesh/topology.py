@@ -426,6 +426,9 @@ class Topology:
         old = self.planner.adj.get(u, {}).get(v)
         if metric == old:
             return
+        if (metric is not None and old is not None and metric.medium == old.medium
+                and abs(metric.cost - old.cost) < self.route_cfg.replan_threshold):
+            return  # a nudge too small to change a route choice (see RouteConfig)
         self._emit_routes(self.planner.set_edge(u, v, metric))
 
     def neighbours(self, address: str) -> list[Neighbour]:
@@ -606,35 +609,43 @@ class Topology:
         if not routes:
             return []
         out: dict[LinkKey, None] = {}
-        for key, est in self._route_links(routes[0]):
-            if est.std > max_std:
+        first = self._route_links(routes[0])
+        for key, _est, std in first:
+            if std > max_std:
                 out[key] = None
         if len(routes) > 1:
-            pess = self._bound_cost(routes[0], -1.0)
-            opt = self._bound_cost(routes[1], +1.0)
+            second = self._route_links(routes[1])
+            pess = self._bound_cost(routes[0], first, -1.0)
+            opt = self._bound_cost(routes[1], second, +1.0)
             if pess > opt:
-                for r in routes[:2]:
-                    for key, est in self._route_links(r):
-                        if est.std > max_std / 2:
+                for links in (first, second):
+                    for key, _est, std in links:
+                        if std > max_std / 2:
                             out[key] = None
         return list(out)
 
-    def _route_links(self, route: Route) -> list[tuple[LinkKey, LinkEstimate]]:
+    def _route_links(self, route: Route) -> list[tuple[LinkKey, LinkEstimate, float]]:
+        """(link, estimate, std) of both directions of every hop (each std computed once:
+        the maintenance sweep asks this of every node's two best routes)."""
         out = []
+        adj = self.graph._adj
         for a, b, m in route.hops():
             for x, y in ((a, b), (b, a)):
-                est = self.link(x, y, m)
+                data = adj.get(x, {}).get(y)
+                est = None if data is None else data["links"].get(m)
                 if est is not None:
-                    out.append(((x, y, m), est))
+                    out.append(((x, y, m), est, est.std))
         return out
 
-    def _bound_cost(self, route: Route, sign: float) -> float:
+    def _bound_cost(self, route: Route, links: list[tuple[LinkKey, LinkEstimate, float]],
+                    sign: float) -> float:
+        known = {key: (est.p, std) for key, est, std in links}
         cost = 0.0
         for a, b, m in route.hops():
             ps = []
             for x, y in ((a, b), (b, a)):
-                est = self.link(x, y, m) or self.link(y, x, m)
-                p = est.p + sign * est.std if est is not None else 0.5
+                ps_x = known.get((x, y, m)) or known.get((y, x, m))
+                p = ps_x[0] + sign * ps_x[1] if ps_x is not None else 0.5
                 ps.append(min(0.999, max(1e-3, p)))
             cost += self.route_cfg.hop_time.get(m, 0.15) - self.route_cfg.fail_cost * math.log(
                 ps[0] * ps[1])

@@ -298,7 +298,12 @@ def test_persistence_round_trip_restores_routes_and_learning():
         assert back.link(u, v, m).as_dict() == est.as_dict()
     for n in topo.nodes():
         if n.address != ROOT:
-            assert back.routes(n.address) == topo.routes(n.address)
+            # Same paths; the live topology re-plans only moves above replan_threshold, so
+            # its route prices may lag the restored (fully recomputed) ones by a hair.
+            mine, theirs = topo.routes(n.address), back.routes(n.address)
+            assert [(r.relays, r.media, r.kind) for r in theirs] == \
+                [(r.relays, r.media, r.kind) for r in mine]
+            assert [r.p for r in theirs] == pytest.approx([r.p for r in mine], abs=0.005)
     assert back.node(a(20)).sub_meters == (a(100), a(101))
     assert db["mesh_routes"].count >= 3
 
@@ -398,7 +403,10 @@ def test_incremental_recompute_matches_a_full_recompute(seed, changes):
             topo.remove_node(nodes[i % len(nodes)])
     incremental = {n: topo.routes(n) for n in topo.graph.nodes if n != ROOT}
     published = dict(topo.planner.published)
-    topo.full_recompute(retune=False)
+    # The planner's incremental tree equals its full rebuild on the same hop costs (the
+    # topology hands it only moves above replan_threshold, so re-deriving every hop's cost
+    # from the estimates would compare two different inputs).
+    topo._emit_routes(topo.planner.full_recompute(retune=False))
     full = {n: topo.routes(n) for n in topo.graph.nodes if n != ROOT}
     assert incremental == full
     assert published == topo.planner.published
@@ -446,9 +454,28 @@ def test_alternates_follow_learning_without_a_new_search():
         topo.observe(alt.relays[0], alt.relays[1], False, t=2.0, weight=3.0)
     again = topo.routes(a(20))
     assert alt.path not in [r.path for r in again]
-    # A small change only re-prices the cached alternates (same paths, new p).
+    # A moderate change only re-prices the cached alternates (same paths, new p).
     p_before = {r.path: r.p for r in again}
-    topo.observe(again[-1].relays[-1], a(20), True, t=3.0)
+    searches = topo.planner.searches
+    last = again[-1]
+    p_hop = topo.link(last.relays[-1], a(20)).p
+    link(topo, last.relays[-1], a(20), p_hop - 0.005)
     later = topo.routes(a(20))
     assert [r.path for r in later] == [r.path for r in again]
-    assert later[-1].p != p_before[later[-1].path]
+    assert later[-1].p < p_before[later[-1].path]
+    assert topo.planner.searches == searches
+
+
+def test_a_nudge_below_the_replan_threshold_is_not_replanned_but_a_failure_is():
+    topo = ladder()
+    primary = topo.primary(a(20))
+    hop = (primary.relays[-1], a(20))
+    version = topo.planner.version
+    link(topo, *hop, topo.link(*hop).p - 0.001)  # ~0.03 s of cost: below the threshold
+    assert topo.planner.version == version
+    assert topo.primary(a(20)).path == primary.path
+    # A hop that fails for real moves at once, and the primary moves off it.
+    for _ in range(3):
+        topo.observe(*hop, False, t=5.0, weight=3.0)
+    assert topo.planner.version > version
+    assert topo.primary(a(20)).relays[-1] != hop[0]
