@@ -14,6 +14,9 @@ is given; everything here decides *which* list.
   archive is reported as ``UnknownMeter`` and admitted or quarantined per
   ``MeshConfig.unknown_node_policy`` (quarantined nodes are read but never relay). With no
   archive at all (plug and play from scratch) every node is admitted and still reported.
+* **Rogue nodes**: every search's reports are screened by ``mesh.guard`` first (duplicate
+  addresses, repeated reports, floods); what it drops is never used and is reported as
+  ``mesh.guard.RogueSuspected``.
 * **Learning**: every exchange outcome goes to ``Topology.observe_path`` (the last hop's R4
   signal quality included); search reports give both directions of the proxy-node hop.
 * **Probing**: after discovery each node is probed (a cheap DL/T 645 read-address, or a short

@@ -46,6 +46,7 @@ from simulator.channel import Channel
 from simulator.meterdata import MeterData
 from simulator.meters import MeterBank, serve_meter
 from simulator.module import CarrierModule
+from simulator.rogue import RogueSet
 from simulator.scenario import (
     MeterInstalled,
     MeterReplaced,
@@ -199,6 +200,8 @@ class SimDistrict:
         self.meterdata = MeterData(scenario)
         self.meters = MeterBank(scenario, self.channel, self.meterdata, passwords=passwords)
         self.module = CarrierModule(scenario, self.channel, self.meters, now=self.now)
+        if scenario.rogues:
+            self.module.rogues = RogueSet(scenario)
         self.clock = DistrictClock(self)
         self._rng = random.Random(f"district-link:{self.seed}")
         self._module_end: FaultyLink | None = None

@@ -275,6 +275,7 @@ class CarrierModule:
         self._search: _Search | None = None
         self._report_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.rogues: Any = None  # simulator.rogue.RogueSet, set by SimDistrict when there are any
 
     # --- link ------------------------------------------------------------------------------
     def attach(self, link: ByteLink) -> None:
@@ -587,11 +588,14 @@ class CarrierModule:
         self.stats.reads += 1
         code = 11
         reply: bytes | None = None
+        # A rogue that claims the target and overhears the last relay answers in its place.
+        rogue = None if self.rogues is None else self.rogues.intercept(path, self.now(), self.rng)
+        hops = path if rogue is None else path[:-1]
         try:
-            if await self._path(path, len(unit.frame)):
-                answer, dt = self.meters.exchange(host, unit.frame, self.now(), self.rng)
+            if await self._path(hops, len(unit.frame)):
+                answer, dt = (rogue or self.meters).exchange(host, unit.frame, self.now(), self.rng)
                 await asyncio.sleep(dt)
-                back = path[::-1]
+                back = hops[::-1]
                 if answer is not None:
                     if await self._path(back, len(answer)):
                         reply = answer
@@ -599,16 +603,17 @@ class CarrierModule:
                     code = 8  # the node told us its meter stayed silent
             elapsed = loop.time() - t0
             if reply is not None and elapsed <= limit:
-                last = (path[-2], path[-1])
+                last = (path[-2], path[-1] if rogue is None else rogue.device)
+                ch = self.channel if rogue is None else self.rogues.channel
                 t = self.now()
-                medium = self.medium.medium_for(*last)
+                medium = self.medium.medium_for(*last) if rogue is None else ch.media[0]
                 self.stats.reads_ok += 1
                 if f.relays:
                     self.stats.reads_via_relay += 1
                 self._send(g.monitor_reply(
                     f, reply, duration_s=min(0xFFFF, round(elapsed)),
-                    cmd_quality=quality(self.channel.snr_db(last[0], last[1], t, medium), medium),
-                    reply_quality=quality(self.channel.snr_db(last[1], last[0], t, medium), medium),
+                    cmd_quality=quality(ch.snr_db(last[0], last[1], t, medium), medium),
+                    reply_quality=quality(ch.snr_db(last[1], last[0], t, medium), medium),
                     phase=self._phase(meter)))
                 log.debug("module: read %s via %s ok in %.2f s", meter,
                           " > ".join(f.relays) or "direct", elapsed)
@@ -644,6 +649,8 @@ class CarrierModule:
 
     def _found_node(self, address: str, t: float) -> g.FoundNode:
         sc = self.scenario
+        if self.rogues is not None and not self.channel.has_node(address):
+            return self.rogues.found_node(address)  # an answer no genuine modem gave
         node = self.channel.node(address)
         if node.kind == "collector":
             subs = []
@@ -678,6 +685,8 @@ class CarrierModule:
                 rounds += 1
                 collisions = self.medium.collisions
                 found = await self._search_round(searcher, route, reported, slices)
+                if self.rogues is not None and rounds == 1:
+                    found += self.rogues.search_answers(searcher, self.now(), self.rng)
                 if rounds >= min_rounds and not found and self.medium.collisions == collisions:
                     break
                 for address, q in found:

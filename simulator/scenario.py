@@ -50,6 +50,8 @@ __all__ = [
     "MeterReplaced",
     "MeterInstalled",
     "NoiseBurst",
+    "Rogue",
+    "ROGUE_KINDS",
     "Scenario",
     "CHANNELS",
     "PHASES",
@@ -70,6 +72,7 @@ PROTOCOLS = ("dlt645-2007", "dlt645-1997")
 PROFILES = ("residential", "commercial", "pump", "prosumer")
 CABLE_KINDS = ("underground", "overhead", "service")
 MAX_METERS_PER_COLLECTOR = 32
+ROGUE_KINDS = ("impostor", "flooder")
 
 
 class ScenarioError(ValueError):
@@ -249,6 +252,22 @@ class NoiseBurst(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Rogue:
+    """A rogue PLC/RF node (``simulator.rogue``): a physical modem of its own at ``node``, not a
+    meter of the district (never in the truth's meter list). An impostor answers searches and
+    reads as ``claims``; a flooder answers every search it hears with ``rate`` reports."""
+
+    kind: str  # impostor | flooder
+    device: str  # its own modem's address (its place in the channel model; never on the wire)
+    node: str  # junction it is connected to
+    phase: str
+    near: str  # as written in the file: a meter address or a junction id
+    claims: str | None = None  # the address it answers as (flooder: also reported among its noise)
+    rate: int = 1  # reports per search it hears (flooder)
+    answers_reads: bool = True  # it also answers reads for the addresses it claims (flooder: off)
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     seed: int
@@ -266,6 +285,7 @@ class Scenario:
     buildings: tuple[Building, ...] = ()
     events: tuple[Event, ...] = ()
     description: str = ""
+    rogues: tuple[Rogue, ...] = ()
     _index: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -595,6 +615,8 @@ def from_dict(d: Mapping[str, Any]) -> Scenario:
             events.append(NoiseBurst(at, node, _num(_req(e, "level_db", p), f"{p}.level_db"),
                                      _num(_req(e, "duration_s", p), f"{p}.duration_s", positive=True)))
 
+    rogues = _rogues(d, seen, {m.address: m for m in meters}, collectors, claim)
+
     _check_connected(junctions, segments, transformer.node,
                      [(m.node, f"meters[{i}].node") for i, m in enumerate(meters)]
                      + [(c.node, "collectors") for c in collectors.values()]
@@ -606,8 +628,55 @@ def from_dict(d: Mapping[str, Any]) -> Scenario:
         meters=tuple(meters), collectors=tuple(collectors.values()), summary_meter=summary,
         cable_types=tuple(cable_types), noise_sources=tuple(noise_sources),
         buildings=tuple(buildings), events=tuple(sorted(events, key=lambda e: e.at)),
-        description=str(d.get("description", "")),
+        description=str(d.get("description", "")), rogues=rogues,
     )
+
+
+def _rogues(d: Mapping[str, Any], junctions: set[str], meters: dict[str, Meter],
+            collectors: dict[str, Collector], claim: Any) -> tuple[Rogue, ...]:
+    """The ``rogues:`` list (docs/scenario-format.md, "Rogue nodes")."""
+    out = []
+    for i, r in enumerate(_list(d, "rogues")):
+        p = f"rogues[{i}]"
+        kind = _choice(_req(r, "kind", p), ROGUE_KINDS, f"{p}.kind")
+        near_raw = _req(r, "near", p)
+        near = _str(near_raw, f"{p}.near")
+        if near in junctions:
+            node, phase = near, "ABC"
+        else:
+            addr = _address(near_raw, f"{p}.near")
+            if addr in meters:
+                m = meters[addr]
+                node, phase = m.node, m.phase
+            elif addr in collectors:
+                node, phase = collectors[addr].node, collectors[addr].phase
+            else:
+                raise ScenarioError(f"{p}.near", f"no junction, meter or collector {near!r}")
+            near = addr
+        phase = _choice(r.get("phase", phase), PHASES, f"{p}.phase")
+        claims = None
+        if r.get("claims") is not None or kind == "impostor":
+            claims = _address(_req(r, "claims", p), f"{p}.claims")
+        rate = r.get("rate", 40 if kind == "flooder" else 1)
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= 255:
+            raise ScenarioError(f"{p}.rate", f"must be an integer 1..255, got {rate!r}")
+        if r.get("device") is not None:
+            device = _address(r["device"], f"{p}.device")
+            claim(device, f"{p}.device")
+        else:  # the first free address of the 97... block
+            k = i + 1
+            while True:
+                device = f"97{k:010d}"
+                try:
+                    claim(device, f"{p}.device")
+                    break
+                except ScenarioError:
+                    k += 1
+        reads = r.get("answers_reads", kind == "impostor")
+        if not isinstance(reads, bool):
+            raise ScenarioError(f"{p}.answers_reads", f"must be true or false, got {reads!r}")
+        out.append(Rogue(kind, device, node, phase, near, claims, rate, reads))
+    return tuple(out)
 
 
 def _check_connected(junctions: list[Junction], segments: list[Segment], root: str,
@@ -684,6 +753,10 @@ def to_dict(sc: Scenario) -> dict[str, Any]:
             events.append({"at": _n(e.at), "kind": "noise_burst", "node": e.node, "level_db": e.level_db,
                            "duration_s": _n(e.duration_s)})
     d["events"] = events
+    if sc.rogues:
+        d["rogues"] = [{"kind": r.kind, "near": r.near, "device": r.device, "phase": r.phase,
+                        "rate": r.rate, "answers_reads": r.answers_reads,
+                        **({"claims": r.claims} if r.claims else {})} for r in sc.rogues]
     return d
 
 
