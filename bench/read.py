@@ -5,7 +5,9 @@ For generated 1,000- and 2,040-meter ``street`` districts on npl and hplc, the t
 simulated district, virtual time) forms the network from an empty archive and runs one day of
 the daily frozen task. Figures per case:
 
-* first-attempt (read in the first pass), no-retry (first pass, every exchange on its first
+* first-attempt (read in the first pass, the job's first exchange answered on the meter's
+  primary route; the module's own MAC retries are part of the attempt), first-pass (read in the
+  first pass, alternate routes allowed), no-retry (first pass, every exchange on its first
   route) and final success rate of the round (final over the meters found at formation);
 * round duration (simulated seconds: until every meter is read or the window closes) and the
   first pass's duration (every meter tried once) with its ratio to the airtime lower bound (one
@@ -44,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GOALS = {"first_rate": 0.995, "final_rate": 1.0, "hplc_1000_round_s": 300.0,
+GOALS = {"first_attempt_rate": 0.995, "final_rate": 1.0, "hplc_1000_round_s": 300.0,
          "over_bound": 1.5, "cpu_per_1000": 2.0, "rss_mb": 150.0}
 
 
@@ -67,6 +69,7 @@ def run_case(meters: int, channel: str, seed: int = 1) -> dict:
     }
     if rnd is not None:
         out.update({
+            "first_attempt_rate": rnd["first_attempt_rate"],
             "first_rate": rnd["first_rate"], "final_rate": rnd["final_rate"],
             "final_rate_reachable": rnd["final_rate_reachable"],
             "no_retry_rate": rnd["no_retry_rate"],
@@ -90,13 +93,15 @@ def reader_only_cpu(meters: int = 1000) -> dict:
     from simulator.vtime import VirtualTimeLoop
 
     day = date(2024, 3, 1)
-    fwd = dlt645.encode_value(0x05060101, tuple(Decimal("1234.56") for _ in range(5)))
+    fwd = dlt645.encode_value(0x05060101, (Decimal("1234.56"), *(Decimal("308.64") for _ in range(4))))
     when = dlt645.encode_value(0x05060001, datetime.combine(day, dtime(0)))
 
     class Instant:
         async def exchange(self, address, request, *, priority=False):
             frame = dlt645.decode(request)
-            value = when if frame.di >> 8 == 0x050600 else fwd
+            # The daily freeze block (time, forward, reverse) or the separate items.
+            value = when + fwd + fwd if frame.di >> 8 == 0x0506FF else \
+                when if frame.di >> 8 == 0x050600 else fwd
             await asyncio.sleep(0)
             return Exchanged(dlt645.encode(dlt645.read_reply(address, frame.di, value)), (), 1, 0.0)
 
@@ -143,7 +148,8 @@ def main() -> None:
             print(f"{n:5d} {ch:5s} ERROR {r['error'][-300:]}")
             continue
         print(f"{n:5d} {ch:5s} formation {r['formation_s']:7.0f} s found {r['found']:>9s} | "
-              f"first {100 * r.get('first_rate', 0):6.2f}% final {100 * r.get('final_rate', 0):6.2f}% "
+              f"first attempt {100 * r.get('first_attempt_rate', 0):6.2f}% "
+              f"(first pass {100 * r.get('first_rate', 0):6.2f}%) final {100 * r.get('final_rate', 0):6.2f}% "
               f"(of reachable {100 * (r.get('final_rate_reachable') or 0):6.2f}%, "
               f"no retry {100 * r.get('no_retry_rate', 0):6.2f}%) "
               f"round {r.get('round_s', 0):7.0f} s, first pass {r.get('first_pass_s', 0):.0f} s "

@@ -12,8 +12,9 @@ registration search as any address. The guard screens the AFN06 F4 reports of ea
   the module lost its archive (a reset): those reports are used as before;
 * **repeated report** — one address reported more than once in one search (two reporters for
   one address, or a modem answering every round): the first report is used, the rest dropped;
-* **flood** — a search with more than ``repeat_limit`` repeated reports, or more distinct
-  addresses than ``max(flood_cap, slices)``: the excess is dropped and every *new* address of
+* **flood** — a search with more than ``repeat_limit`` repeated reports (distinct addresses
+  alone are no sign: a search from the concentrator hears hundreds of genuine nodes): its
+  distinct addresses beyond ``max(flood_cap, slices)`` are dropped and every *new* address of
   that search must answer a read-address through the search's proxy before it is used
   (a flooder's invented addresses do not answer; genuine new nodes do).
 
@@ -135,7 +136,10 @@ class MeshGuard:
         forgotten = sum(1 for a in counts if a in registered) > cfg.forgotten_archive
         repeats = sum(c - 1 for c in counts.values())
         cap = max(cfg.flood_cap, slices)
-        flooded = repeats > cfg.repeat_limit or len(counts) > cap
+        # Only repeats mark a flood: a genuine node answers a search once, while a search from
+        # the concentrator in a large district legitimately hears hundreds of distinct nodes
+        # (capping those pushed genuine direct meters onto relayed routes).
+        flooded = repeats > cfg.repeat_limit
         suspects: list[tuple[str | None, str, int, str]] = []
         accepted: list[int] = []
         verify: list[int] = []
@@ -155,7 +159,7 @@ class MeshGuard:
                                  "relay of the search path answered it" if addr in path else
                                  "registered node answered a search away from its neighbours"))
                 continue
-            if distinct > cap:
+            if flooded and distinct > cap:
                 continue  # the flood's excess
             if flooded and addr not in topology:
                 verify.append(i)

@@ -185,6 +185,7 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
         reach_ok = sum(1 for m in reach if rep.results[m].ok)
         rounds.append({
             "task": rep.task, "opens": rep.opens.isoformat(), "meters": rep.meters,
+            "first_attempt_rate": round(rep.first_attempt_rate, 5),
             "first_rate": round(rep.first_rate, 5), "final_rate": round(rep.final_rate, 5),
             "no_retry_rate": round(rep.no_retry_rate, 5),
             "duration_s": round(rep.duration_s, 1), "first_pass_s": round(rep.first_pass_s, 1),
@@ -200,7 +201,8 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
     if daily:
         for m, r in sorted(daily[-1].results.items()):
             meters[m] = {"route": list(r.route), "first": r.first_outcome,
-                         "first_attempt_ok": r.first_ok, "no_retry": r.no_retry,
+                         "first_attempt_ok": r.first_attempt_ok, "first_pass_ok": r.first_ok,
+                         "no_retry": r.no_retry,
                          "final": r.outcome,
                          "attempts": r.attempts, "latency_s": round(r.latency_s, 2),
                          "passes": r.passes}
@@ -264,7 +266,8 @@ def _print_summary(res: dict[str, Any]) -> None:
     for r in res["rounds"]:
         ratio = (f", first pass {r['first_pass_over_bound']}x the airtime bound"
                  if r["first_pass_over_bound"] else "")
-        click.echo(f"{r['task']} {r['opens']}: {r['meters']} meters, first {100 * r['first_rate']:.2f}%, "
+        click.echo(f"{r['task']} {r['opens']}: {r['meters']} meters, first attempt "
+                   f"{100 * r['first_attempt_rate']:.2f}%, first pass {100 * r['first_rate']:.2f}%, "
                    f"final {100 * r['final_rate']:.2f}%, {r['duration_s']:.0f} s "
                    f"(first pass {r['first_pass_s']:.0f} s){ratio}, "
                    f"{len(r['unread'])} unread")

@@ -35,6 +35,13 @@ def test_trial_command_runs_a_small_district_and_writes_its_json(tmp_path):
     assert set(res["meters"]) and all(
         {"route", "first", "final", "attempts", "latency_s"} <= set(m) for m in res["meters"].values())
     assert sum(m["final"] == "ok" for m in res["meters"].values()) >= 0.95 * len(res["meters"])
+    # First attempt: the first exchange answered on the primary route; the last round's rate
+    # is the share of its meters flagged so.
+    last = daily[-1]
+    assert 0.8 <= last["first_attempt_rate"] <= 1.0
+    flagged = [m["first_attempt_ok"] for m in res["meters"].values()]
+    assert last["first_attempt_rate"] == round(sum(flagged) / last["meters"], 5)
+    assert "first attempt" in result.output
     (ll,) = res["line_loss"]
     assert ll["summary_kwh"] == ll["truth_supplied_kwh"]
     # Right for the meters it could count, whatever the day's replacements did to coverage.
