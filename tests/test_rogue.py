@@ -232,4 +232,5 @@ def test_trial_with_rogues_detects_them_and_keeps_reading(street, monkeypatch):
     c, d = clean["rounds"][0], dirty["rounds"][0]
     assert d["meters"] == c["meters"] == METERS  # no invented meter in the reading archive
     assert d["final_rate"] >= c["final_rate"]
-    assert abs(d["first_rate"] - c["first_rate"]) <= 0.026  # one meter of 40
+    # Reading of the other meters goes on: at most one meter of 40 lost on the first attempt.
+    assert d["first_attempt_rate"] >= c["first_attempt_rate"] - 0.026
