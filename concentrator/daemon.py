@@ -48,7 +48,7 @@ from concentrator.reader import Exchanged, Reader, ReaderError
 from concentrator.store import MeterRecord, RealtimeReading, Store, StoreError
 from concentrator.summary_meter import SummaryMeter
 from concentrator.tasks import default_tasks
-from mesh.engine import Mesh, NodeFound
+from mesh.engine import Mesh, MeterReplacementFound, NodeFound, UnknownMeter
 from mesh.guard import RogueSuspected
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
@@ -107,6 +107,7 @@ class Daemon:
         self.uplink: UplinkClient | None = None
         self.summary: SummaryMeter | None = None
         self.prepay: PrepayService | None = None
+        self.audit: AuditLog | None = None
         self.module_connected = False
         self.discovering = False
         self.discovery_progress: dict[str, Any] = {}
@@ -132,7 +133,8 @@ class Daemon:
         self.store = Store.open(cfg.store.path, clock=self.clock, size_cap_bytes=cfg.store.size_cap,
                                 retention_days=cfg.store.retention_days)
         self._apply_archive(cfg.archive, source="archive")
-        audit = AuditLog(cfg.control.audit_log)
+        audit = AuditLog(cfg.control.audit_log, clock=self.clock)
+        self.audit = audit
         self._keys = self._key_store()
         if cfg.prepay.enabled:
             # Prepaid meters' credit and relays (docs/prepayment.md); commands go through the mesh.
@@ -185,6 +187,17 @@ class Daemon:
             self.store.close()
             log.info("daemon: stopped cleanly")
 
+    def audit_state_change(self, who: dict[str, Any], what: str, args: dict[str, Any],
+                           outcome: str) -> None:
+        """Append a state change that did not come through the control socket (the master's
+        commands, a reload) to the audit log; a failed write is logged, never fatal."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(who, what, args, outcome)
+        except OSError as exc:
+            log.error("audit: %s by %s not recorded: %s", what, who, exc)
+
     def _key_store(self) -> KeyStore:
         """Terminal keys and meter passwords; an unusable key file leaves an empty store."""
         try:
@@ -213,8 +226,14 @@ class Daemon:
         except cfgmod.ConfigError as exc:
             for line in exc.lines():
                 log.error("reload refused: %s", line)
+            self.audit_state_change(_RELOADER, "config.reload", {"file": self.config_path},
+                                    "refused: " + "; ".join(exc.lines())[:500])
             return
         plan = cfgmod.reloadable_diff(self.config, new)
+        self.audit_state_change(_RELOADER, "config.reload", {"file": self.config_path},
+                                "applied " + (", ".join(plan.reloadable) or "nothing")
+                                + (f"; restart needed for {', '.join(plan.restart)}"
+                                   if plan.restart else ""))
         if "archive" in plan.reloadable:
             self._apply_archive(new.archive, source="archive")
         if self.reader is not None and any(k.startswith("reading") for k in plan.reloadable):
@@ -418,9 +437,25 @@ class Daemon:
                 self.store.add_event(event.erc, event.address, event.event_detail())
             except StoreError as exc:
                 log.error("mesh: rogue event for %s not stored: %s", event.address, exc)
+        elif isinstance(event, (MeterReplacementFound, UnknownMeter)) and self._formed_done():
+            # Found after formation (a meter swapped beside a silent one, a new customer): into
+            # the reading archive now, not at the next restart (found by the churn scenario:
+            # replacement meters were never read). After the mesh's own bookkeeping.
+            asyncio.get_running_loop().call_soon(self._register_found)
         log.debug("mesh event: %s", event)
         for waiter in list(self._event_waiters):
             waiter.set()
+
+    def _formed_done(self) -> bool:
+        return self._formed is not None and self._formed.is_set() and self.store is not None
+
+    def _register_found(self) -> None:
+        if self.mesh is None or self.store is None:
+            return
+        try:
+            register_found(self.mesh, self.store)
+        except StoreError as exc:
+            log.error("mesh: found meters not archived: %s", exc)
 
     def _apply_archive(self, archive: Any, source: str) -> None:
         assert self.store is not None
@@ -739,6 +774,10 @@ class Daemon:
         return await self._h_archive_add({"meters": args.get("meters") or []})
 
 
+_RELOADER = {"user": "root", "via": "SIGHUP"}
+_MASTER = {"user": "master", "via": "Q/GDW 1376.1"}
+
+
 class _Services:
     """What the uplink asks of the rest of the concentrator (``uplink.client.TerminalServices``)."""
 
@@ -774,6 +813,9 @@ class _Services:
             d.mesh.set_archive([(a.address, PROTOCOL_CODES.get(a.protocol, 2))
                                 for a in d.store.meters() if a.source == "archive"])
         log.info("archive: %d meters set, %d removed by the master", len(upserted), len(removed))
+        d.audit_state_change(_MASTER, "archive.set",
+                             {"set": [r.address for r in upserted], "removed": list(removed)},
+                             "ok")
 
     # --- prepayment (docs/prepayment.md); refused cleanly when prepayment is off ----------
 
@@ -781,9 +823,17 @@ class _Services:
                        alarm_threshold: Decimal | None, trip_threshold: Decimal | None,
                        source: str) -> PurchaseResult:
         if self.d.prepay is None:
-            return PurchaseResult("not-prepaid", reason="prepayment is not enabled here")
-        return await self.d.prepay.purchase(meter, order_no, amount, replace, alarm_threshold,
-                                            trip_threshold, source)
+            result = PurchaseResult("not-prepaid", reason="prepayment is not enabled here")
+        else:
+            result = await self.d.prepay.purchase(meter, order_no, amount, replace,
+                                                  alarm_threshold, trip_threshold, source)
+        self.d.audit_state_change(
+            {"user": source, "via": "Q/GDW 1376.1"}, "prepay.purchase",
+            {"meter": meter, "order_no": order_no, "amount": str(amount), "replace": replace},
+            f"{result.status} (balance {result.balance_before} -> {result.balance_after})"
+            if result.status in ("applied", "duplicate") else
+            f"{result.status}: {result.reason}")
+        return result
 
     async def balance(self, meter: str) -> Decimal | None:
         return None if self.d.prepay is None else await self.d.prepay.balance(meter)
@@ -800,20 +850,32 @@ class _Services:
         await self.d.prepay.set_protect(meter, on, until, source)
 
     async def request_control(self, meter: str, action: str, source: str) -> ControlTicket:
-        if self.d.prepay is None:
-            raise PrepayError("prepayment (meter control) is not enabled here")
-        return await self.d.prepay.request_control(meter, action, source)
+        who = {"user": source, "via": "Q/GDW 1376.1"}
+        try:
+            if self.d.prepay is None:
+                raise PrepayError("prepayment (meter control) is not enabled here")
+            ticket = await self.d.prepay.request_control(meter, action, source)
+        except PrepayError as exc:
+            self.d.audit_state_change(who, f"meter.{action}", {"meter": meter}, f"refused: {exc}")
+            raise
+        self.d.audit_state_change(who, f"meter.{action}", {"meter": meter},
+                                  f"queued as action {ticket.id}")
+        return ticket
 
     async def set_time(self, when: datetime) -> None:
         # The daemon runs unprivileged (no CAP_SYS_TIME): record the correction; the system
         # clock is disciplined by NTP/the RTC service. The meters get a broadcast time sync.
         log.warning("time set by the master: %s (local clock %s)", when, self.d.clock.now())
+        self.d.audit_state_change(_MASTER, "clock.set", {"time": when.isoformat()},
+                                  "meters synchronised by broadcast; system clock left to NTP")
         if self.d.driver is not None:
             with contextlib.suppress(Exception):
                 await self.d.driver.broadcast(dlt645.encode(dlt645.broadcast_time(when)), control=2)
 
     async def reset(self, kind: int) -> None:
         log.warning("reset requested by the master (kind %d)", kind)
+        self.d.audit_state_change(_MASTER, "reset", {"kind": kind},
+                                  "restarting" if kind == 1 else "ok")
         if kind == 1 and self.d._stop is not None:  # hardware init: restart (systemd restarts us)
             self.d._stop.set()
 

@@ -8,6 +8,7 @@ import asyncio
 from datetime import datetime
 from decimal import Decimal
 
+from concentrator.audit import AuditLog
 from simulator.generate import generate
 from simulator.inprocess import VirtualDaemon
 from simulator.vtime import VirtualTimeLoop
@@ -110,3 +111,12 @@ def test_credit_alarm_trip_purchase_close_protect_and_a_silent_meter(tmp_path):
     assert (1, "trip", "verified") in erc7 and (1, "close", "verified") in erc7
     assert (2, "trip", "verified") in erc7
     assert seen["end"] < datetime(2024, 3, 8)
+    # Every state change the master made is in the audit trail, with who and the outcome.
+    audit = AuditLog(tmp_path / "audit.jsonl").read()
+    purchases = [(e["args"]["order_no"], e["outcome"].split()[0]) for e in audit
+                 if e["what"] == "prepay.purchase"]
+    assert purchases[:2] == [(7001, "applied"), (7001, "duplicate")]
+    assert (7002, "applied") in purchases
+    assert any(e["what"] == "meter.trip" and e["args"]["meter"] == C
+               and e["who"]["user"] == "master" for e in audit)
+    assert any(e["what"] == "prepay.trip" and e["args"]["meter"] == A for e in audit)
