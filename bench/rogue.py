@@ -84,13 +84,15 @@ def main() -> None:
            "clean": clean, "rogue": rogue, "first_rate_difference_points": diff,
            # The goal is about harm: the rogue run's first-attempt rate may not fall more than
            # 0.5 points below the clean run's, and final success may not fall at all.
-           "goal_met": diff >= -0.5 and rogue["final_rate_pct"] >= clean["final_rate_pct"]}
+           "goal_met": diff >= -0.5 and rogue["final_rate_pct"] >= clean["final_rate_pct"],
+           "false_alarms_in_clean_run": sum(clean["detections"].values())}
     for name in ("clean", "rogue"):
         r = out[name]
         print(f"{name:6s} found {r['reachable_found']}/{r['reachable']} (formation "
               f"{r['formation_s']:.0f} s), read {r['meters_read']}, first {r['first_rate_pct']} %, "
               f"final {r['final_rate_pct']} %, detections {r['detections']}, "
               f"refused {r['new_addresses_refused']}")
+    print(f"false alarms in the clean run: {out['false_alarms_in_clean_run']}")
     print(f"first-attempt difference {diff:+.2f} points (goal: no worse than -0.5): "
           f"{'met' if out['goal_met'] else 'NOT met'}")
     path = Path(__file__).with_suffix(".json")

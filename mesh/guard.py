@@ -11,12 +11,15 @@ registration search as any address. The guard screens the AFN06 F4 reports of ea
   address it does not own. More than ``forgotten_archive`` registered nodes in one search mean
   the module lost its archive (a reset): those reports are used as before;
 * **repeated report** — one address reported more than once in one search (two reporters for
-  one address, or a modem answering every round): the first report is used, the rest dropped;
+  one address, or a modem answering every round): the first report is used, the rest dropped,
+  nothing reported on its own (a genuine node may answer two rounds before it is registered);
 * **flood** — a search with more than ``repeat_limit`` repeated reports (distinct addresses
   alone are no sign: a search from the concentrator hears hundreds of genuine nodes): its
   distinct addresses beyond ``max(flood_cap, slices)`` are dropped and every *new* address of
   that search must answer a read-address through the search's proxy before it is used
-  (a flooder's invented addresses do not answer; genuine new nodes do).
+  (a flooder's invented addresses do not answer; genuine new nodes do). The flood is reported
+  only when at least ``flood_confirm`` new addresses failed that check (3 tries each): a busy
+  search of genuine nodes raises no event.
 
 A dropped sighting changes nothing: no node, no link, no route, the archive record is kept.
 Each suspect is reported as a :class:`RogueSuspected` event (the daemon stores it as ERC 35,
@@ -84,6 +87,7 @@ class GuardConfig:
     flood_cap: int = 64
     #: repeated reports one search may carry before it counts as flooded
     repeat_limit: int = 2
+    flood_confirm: int = 3   # invented addresses (failed verification) that confirm a flood
     #: more registered nodes than this answering one search: the module forgot its archive
     forgotten_archive: int = 4
     #: one event per suspect and reason per this many seconds
@@ -150,9 +154,8 @@ class MeshGuard:
                 continue  # a repeat: counted below, never used
             seen.add(addr)
             distinct += 1
-            if counts[addr] > 1 and not flooded:
-                suspects.append((addr, "repeated-report", counts[addr] - 1,
-                                 f"reported {counts[addr]} times in one search"))
+            # A genuine node may answer two rounds of one search before the module registers
+            # it: a repeat alone is not reported, only used (with others) to spot a flood.
             if addr in path or (addr in registered and addr in topology
                                 and not forgotten and not _near(topology, addr, proxy)):
                 suspects.append((addr, "duplicate-address", 1,
@@ -223,10 +226,21 @@ async def screen_search(mesh: Any, proxy: str, path: tuple[str, ...],
             log.warning("mesh: %d new addresses from the flooded search via %s did not answer, "
                         "not used (%s%s)", len(refused), proxy, ", ".join(refused[:5]),
                         ", ..." if len(refused) > 5 else "")
+        refused_n = len(refused)
+    else:
+        refused_n = 0
     out = [f for i, f in enumerate(found) if i in keep]
     guard.stats.dropped += len(found) - len(out)
     now = mesh._now()
     for address, reason, count, detail in verdict.suspects:
+        if reason == "flood" and refused_n < guard.config.flood_confirm:
+            # Repeats made the search suspect, but its new addresses answered: a busy search of
+            # genuine nodes, not a flood. Nothing to report (a false ERC35 costs an operator).
+            log.debug("mesh: search via %s had repeats but no invented address (%s)", proxy,
+                      detail)
+            continue
+        if reason == "flood":
+            detail = f"{detail}; {refused_n} new addresses did not answer"
         ev = guard.report(address, reason, proxy, count, detail, now)
         if ev is None:
             continue
@@ -237,7 +251,7 @@ async def screen_search(mesh: Any, proxy: str, path: tuple[str, ...],
 
 
 async def _answers(mesh: Any, address: str, path: tuple[str, ...], timeout: float | None,
-                   attempts: int = 2) -> bool:
+                   attempts: int = 3) -> bool:
     """True when a modem answers as ``address`` through ``path``: its meter gives its own
     address to a read-address, or the node answers that its meter stayed silent (AFN00 F2
     error 8: collectors and 1997 meters do not know the 2007 read-address)."""
