@@ -92,6 +92,10 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path) -> di
         d.kill_node(r)
     affected = sorted(a for a in found if a not in dead
                       and dead.intersection(r for rt in topo.routes(a)[:1] for r in rt.relays))
+    # Meters the dead relays cut off from every route (the truth has none now) cannot be
+    # read by any mesh: they are counted apart, not as repair failures.
+    alive = d.routes(d.now())
+    cut_off = {a for a in affected if a not in alive}
     t_rep = loop.time()
     pending = set(affected)
     lost_first = 0
@@ -134,7 +138,8 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path) -> di
         "route_quality": round(good / max(1, rated), 4),
         "repair": {"dead_relays": len(dead), "affected": len(affected),
                    "sim_s": round(repair_s, 1), "not_read_first_pass": lost_first,
-                   "still_unread": len(pending)},
+                   "still_unread": len(pending), "cut_off_in_truth": len(cut_off),
+                   "reachable_still_unread": len(pending - cut_off)},
         "restart_first_read_share": round(first_ok / max(1, len(sample)), 4),
         "restart_searches": searches_after,
         "sim_start": t_start,
@@ -202,7 +207,8 @@ def main() -> None:
               f"{r['formation_sim_s'] / 60:.1f} sim-min, {r['frames_per_node']} frames/node, "
               f"route quality {r['route_quality']:.1%}, repair {r['repair']['sim_s']} sim-s "
               f"({r['repair']['not_read_first_pass']} of {r['repair']['affected']} not read on "
-              f"the first pass, {r['repair']['still_unread']} unread), restart first reads "
+              f"the first pass, {r['repair']['still_unread']} unread, "
+              f"{r['repair']['cut_off_in_truth']} cut off in the truth), restart first reads "
               f"{r['restart_first_read_share']:.0%} [{r['wall_s']} s wall]", flush=True)
     db_path.unlink(missing_ok=True)
     timing = _route_timing()

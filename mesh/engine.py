@@ -63,6 +63,7 @@ from mesh.guard import MeshGuard, screen_search
 from mesh.routes import Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import ExchangeResult, ModuleDriver, ModuleError, ReadFailure
+from plc_driver.link import LinkClosed
 
 __all__ = [
     "Mesh",
@@ -204,11 +205,17 @@ class EngineTuning:
     register_quality: int = 9
     alternates: int = 2
     probes_per_node: int = 6  # candidate relays tried per node when looking for alternates
+    #: a primary with a hop heard below this quality (either direction) keeps looking for a
+    #: stronger route after its alternates are found (see ``Mesh._weak_primary``)
+    weak_quality: int = 9
     uncertain_std: float = 0.15
     uncertain_probes: int = 2
     probe_timeout: float | None = None
     busy_retry_s: float = 1.0
     repair_probes: int = 8
+    #: a relay suspected after a broken route is read (to find out whether it died) at most
+    #: once per this many seconds
+    relay_check_s: float = 600.0
     local_search_minutes: int = 2
     save_period: float = 3600.0
     #: medium recorded for search reports (the module does not say); "rf" for RF modules
@@ -261,6 +268,7 @@ class Mesh:
         self._late_reg: list[tuple[str, int]] = []
         self._search_cut = False  # the last search was stopped at the guard's answer cap
         self._repairs: dict[str, asyncio.Task[None]] = {}
+        self._relay_checked: dict[str, float] = {}  # relay -> when it was last checked
         self._last_save: float | None = None
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._rebuild_hosts()
@@ -483,6 +491,7 @@ class Mesh:
         # searched again once its answers are registered (fewer contenders, fewer collisions).
         cap = max(self.guard.config.flood_cap, slices)
         self._search_cut = False
+        self._retry_slices = None
         # Answers come back in bursts, one per search round. From the CCO the last rounds
         # bring the few nodes that hear it badly (found later, and better, through proxies):
         # the root search stops once a round brings under 1/``root_tail`` of its best round.
@@ -497,9 +506,33 @@ class Mesh:
             except ModuleError as exc:
                 log.warning("mesh: search from %s refused: %s", proxy, exc)
                 return []
+            t_start = loop.time()
+            arrivals: list[float] = []  # when this search's reports came in
+            reports = self.driver.reports()
             try:
                 async with asyncio.timeout(minutes * 60 + 30):
-                    async for report in self.driver.reports():
+                    while True:
+                        try:
+                            async with asyncio.timeout(self._congestion_wait(slices)):
+                                report = await anext(reports)
+                        except StopAsyncIteration:
+                            break  # the link closed
+                        except TimeoutError:
+                            # The wait was cut for a congestion check; the cancelled wait
+                            # ended the report iterator, so a new one takes over.
+                            reports = self.driver.reports()
+                            if self._congested(slices, t_start, arrivals, loop.time()):
+                                self._retry_slices = min(tn.max_slices,
+                                                         slices * tn.congestion_factor)
+                                log.info("mesh: search from %s congested (%d answers in %d "
+                                         "slices over %.1f s), stopped to search again with "
+                                         "%d slices", proxy, len(arrivals), slices,
+                                         loop.time() - t_start, self._retry_slices)
+                                self._search_cut = True
+                                with contextlib.suppress(ModuleError):
+                                    await self.driver.stop_search()
+                                break
+                            continue
                         f = report.frame
                         if f.afn == 0x06 and f.fn == 3:
                             if getattr(report.unit, "status", None) == 2:
@@ -511,6 +544,13 @@ class Mesh:
                         found.append((report.node, f.info.cmd_quality if f.info else None,
                                       report))
                         now = loop.time()
+                        if not arrivals:
+                            # No answer can come before the first round's slices are over:
+                            # the quickest first answer bounds the time of one slice.
+                            est = (now - t_start) / slices
+                            self._slice_s = est if self._slice_s is None \
+                                else min(self._slice_s, est)
+                        arrivals.append(now)
                         if not bursts or (last_t is not None and now - last_t > 2.0):
                             if (proxy == self.root and len(bursts) >= 3
                                     and bursts[-1] * self.tuning.root_tail < max(bursts)):
@@ -526,6 +566,7 @@ class Mesh:
                             log.info("mesh: search from %s reached %d answers, stopped to "
                                      "register them", proxy, cap)
                             self._search_cut = True
+                            self._retry_slices = slices
                             with contextlib.suppress(ModuleError):
                                 await self.driver.stop_search()
                             break
@@ -681,8 +722,11 @@ class Mesh:
         await asyncio.gather(*(one(n.address) for n in nodes))
         await self.probe_uncertain()
 
-    def _candidates(self, address: str) -> list[str]:
-        """Relays worth a probe for ``address``: its finder's neighbourhood, nearest level first."""
+    def _candidates(self, address: str, include_down: bool = False) -> list[str]:
+        """Relays worth a probe for ``address``: its finder's neighbourhood, nearest level first.
+
+        ``include_down``: also relays whose link to ``address`` is down, after the others (a
+        repair: a probe is the only way a link marked down comes back)."""
         topo = self.topology
         node = topo.node(address)
         level = node.level or 1
@@ -703,19 +747,45 @@ class Mesh:
             if wn.level > level or wn.level >= self.config.max_relay_depth + 1:
                 continue
             est = topo.link(w, address, self.tuning.search_medium)
-            if est is not None and est.down:
+            down = est is not None and est.down
+            if down and not include_down:
                 continue
             route = topo.primary(w)
             if route is None or address in route.relays:
                 continue
-            out.append((abs(wn.level - (level - 1)), -route.p, w))
+            out.append((down, abs(wn.level - (level - 1)), -route.p, w))
         return [w for *_k, w in sorted(out)]
+
+    def _weak_primary(self, address: str) -> bool:
+        """True when a hop of the primary route was heard below ``weak_quality`` either way:
+        it works tonight but has little margin for the evening noise, so a stronger route
+        is worth looking for even when the wanted alternates are already there."""
+        route = self.topology.primary(address)
+        if route is None:
+            return False
+        for a, b, m in route.hops():
+            for x, y in ((a, b), (b, a)):
+                est = self.topology.link(x, y, m)
+                if est is not None and est.quality is not None \
+                        and est.quality < self.tuning.weak_quality:
+                    return True
+        return False
 
     async def _find_alternates(self, address: str) -> None:
         topo = self.topology
         tried = 0
+        primary = topo.primary(address)
+        if primary is not None and primary.relays and topo.link(self.root, address) is None \
+                and topo.link(address, self.root) is None:
+            # The CCO itself is the best relay list there is (no relay): a node found through
+            # a proxy was often within the CCO's reach too, but registered before the root
+            # search heard it. One direct probe settles it (on a 1,000-meter NPL street 3 of 4
+            # nodes hear the CCO directly; discovery had found 1 in 5 that way).
+            tried += 1
+            await self.probe(address, ())
         for w in self._candidates(address):
-            if len(topo.routes(address)) >= 1 + self.tuning.alternates:
+            if len(topo.routes(address)) >= 1 + self.tuning.alternates \
+                    and not self._weak_primary(address):
                 break
             if tried >= self.tuning.probes_per_node:
                 break
@@ -814,6 +884,7 @@ class Mesh:
         last_route: Route | None = None
         failure = "no reply"
         tried: set[tuple[str, ...]] = set()
+        failed_primary = False  # the primary's path broke (a relay or hop did not answer)
         while routes:
             route = routes.pop(0)
             if route.path in tried:
@@ -825,8 +896,12 @@ class Mesh:
             path_ok = self._learn(route.path, result, route)
             self._flush()
             if result.ok:
+                if route is not primary and failed_primary:
+                    await self._check_relays(primary, route)
                 return ExchangeOutcome(address, result.reply, None, route, attempts,
                                        loop.time() - t0)
+            if route is primary and not path_ok and result.deny_code == DENY_SLAVE_SILENT:
+                failed_primary = True
             failure = _failure_text(result)
             if path_ok:
                 break  # the node answered, its meter did not: another route will not help
@@ -841,16 +916,56 @@ class Mesh:
                     routes.append(alt)
         if not path_ok:
             log.info("mesh: %s unreachable on %d routes", address, attempts)
+            if failed_primary:
+                await self._check_relays(primary, None)
             self._start_repair(host)
         return ExchangeOutcome(address, None, failure, last_route, attempts, loop.time() - t0)
+
+    async def _check_relays(self, failed: Route, good: Route | None) -> None:
+        """Find a dead relay behind a broken route and take it out of every route at once.
+
+        The relays of ``failed`` that ``good`` (the route that worked, if any) did not use are
+        suspects. Each is read itself along the failed route's prefix, outward from the CCO;
+        the first that stays silent there and on its own primary route is presumed dead
+        (``Topology.mark_node_down``): every route it relayed moves to an alternate now,
+        instead of each of its meters losing one read (and its timeout) to learn it. A relay
+        checked in the last ``relay_check_s`` is not checked again.
+        """
+        topo = self.topology
+        used = set(good.relays) if good is not None else set()
+        now = self._now()
+        relays = failed.relays
+        for i, r in enumerate(relays):
+            if r in used or r not in topo:
+                continue
+            last = self._relay_checked.get(r)
+            if last is not None and now - last < self.tuning.relay_check_s:
+                continue
+            self._relay_checked[r] = now
+            if await self.probe(r, relays[:i]):
+                continue
+            own = topo.primary(r)
+            if own is not None and own.relays != relays[:i] and await self.probe(r, own.relays):
+                continue
+            topo.mark_node_down(r)
+            self._flush()
+            return
 
     # --- repair, replacement, ageing -------------------------------------------------------------
 
     def _start_repair(self, host: str) -> None:
         if host in self._repairs and not self._repairs[host].done():
             return
-        task = asyncio.get_running_loop().create_task(self.repair(host), name=f"mesh-repair-{host}")
+        task = asyncio.get_running_loop().create_task(self._repair_bg(host),
+                                                      name=f"mesh-repair-{host}")
         self._repairs[host] = task
+
+    async def _repair_bg(self, host: str) -> None:
+        """A background repair; the serial port closing under it ends it quietly."""
+        try:
+            await self.repair(host)
+        except LinkClosed:
+            log.info("mesh: repair of %s stopped, the module link closed", host)
 
     async def wait_repairs(self) -> None:
         """Wait for the background repairs started by failed exchanges."""
@@ -864,7 +979,7 @@ class Mesh:
         if address not in topo:
             return False
         probes = 0
-        for w in self._candidates(address):
+        for w in self._candidates(address, include_down=True):
             if probes >= self.tuning.repair_probes:
                 break
             route = topo.primary(w)

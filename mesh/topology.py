@@ -384,6 +384,20 @@ class Topology:
                     log.info("mesh: link %s->%s %s marked down", a, b, m)
         self._update_hop(src, dst)
 
+    def mark_node_down(self, address: str) -> int:
+        """Declare a node's modem dead: every link to and from it goes down at once, so every
+        route relayed by it moves to its best alternate in one step (instead of each route
+        failing once on its own). Returns the number of neighbours cut off; a real success or
+        a fresh quality report on a link brings that link back."""
+        address = check_address(address)
+        if address not in self.graph or address == self.root:
+            return 0
+        others = sorted(set(self.graph.successors(address)) | set(self.graph.predecessors(address)))
+        for w in others:
+            self.mark_down(address, w)
+        log.warning("mesh: node %s presumed dead, %d links down", address, len(others))
+        return len(others)
+
     def down_links(self) -> list[LinkKey]:
         """Links currently down: candidates for a repair probe."""
         return sorted((u, v, m) for u, v, m, est in self.links() if est.down)

@@ -97,6 +97,26 @@ def test_a_dead_relay_switches_to_the_alternate():
     assert any(e.address == a(4) and e.new_relays == (a(3),) for e in changes)
 
 
+def test_a_node_marked_dead_moves_every_route_it_relayed_at_once():
+    topo = make(8)
+    link(topo, ROOT, a(2), 0.99, weight=20)
+    link(topo, ROOT, a(3), 0.95, weight=20)
+    for t in range(4, 9):
+        link(topo, a(2), a(t), 0.99, weight=20)
+        link(topo, a(3), a(t), 0.95, weight=20)
+    assert all(topo.primary(a(t)).relays == (a(2),) for t in range(4, 9))
+    topo.drain_events()
+    assert topo.mark_node_down(a(2)) == 6  # the root and five meters
+    assert all(topo.primary(a(t)).relays == (a(3),) for t in range(4, 9))
+    moved = {e.address for e in topo.drain_events() if isinstance(e, RouteChanged)}
+    assert {a(t) for t in range(4, 9)} <= moved
+    # One real success on a link brings that link back (the node answered again).
+    topo.observe(ROOT, a(2), True, t=10.0)
+    topo.observe(a(2), ROOT, True, t=10.0)
+    assert topo.primary(a(2)) is not None and topo.primary(a(2)).relays == ()
+    assert topo.mark_node_down(ROOT) == 0
+
+
 def test_removing_a_relay_reroutes_and_reports():
     topo = make(3)
     link(topo, ROOT, a(2), 0.99)

@@ -233,6 +233,49 @@ def test_dead_relay_read_succeeds_on_the_alternate():
     run(main())
 
 
+def test_a_node_found_through_a_proxy_is_probed_directly_and_read_direct():
+    async def main():
+        a, target = addr(1), addr(2)
+        module, driver, mesh = await make([(CCO, a), (a, target)],
+                                          config=MeshConfig(probing=False))
+        await mesh.discover()
+        assert mesh.topology.primary(target).relays == (a,)
+        # The target also hears the CCO, which discovery never learned (it searched first).
+        module.adj[CCO].add(target)
+        module.adj[target] = {a, CCO}
+        await mesh.probe_phases()
+        assert (target, (), True) in module.reads
+        assert mesh.topology.primary(target).relays == ()
+        out = await mesh.exchange(target, REQ)
+        assert out.ok and out.relays == ()
+        await driver.close()
+    run(main())
+
+
+def test_a_dead_relay_is_found_once_and_every_route_through_it_moves():
+    async def main():
+        a, b = addr(1), addr(2)
+        meters = [addr(i) for i in range(10, 16)]
+        edges = [(CCO, a), (CCO, b)] + [(r, m) for m in meters for r in (a, b)]
+        module, driver, mesh = await make(edges)
+        await mesh.discover()
+        first = mesh.topology.primary(meters[0]).relays[0]
+        through = [m for m in meters if mesh.topology.primary(m).relays == (first,)]
+        assert len(through) >= 2
+        module.dead.add(first)
+        out = await mesh.exchange(through[0], REQ)
+        assert out.ok and out.relays != (first,)
+        # The relay itself was read and stayed silent: no route uses it any more, so the
+        # other meters it relayed are read on their first attempt.
+        assert all(first not in mesh.topology.primary(m).relays for m in meters)
+        for m in through[1:]:
+            out = await mesh.exchange(m, REQ)
+            assert out.ok and out.attempts == 1
+        await mesh.wait_repairs()
+        await driver.close()
+    run(main())
+
+
 def test_quarantined_unknown_node_is_never_a_relay():
     async def main():
         known, rogue, far = addr(1), addr(9), addr(3)
