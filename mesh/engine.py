@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 DENY_SLAVE_SILENT = 11  # AFN00 F2: the node did not answer (a hop of the path failed)
 DENY_METER_SILENT = 8  # the node answered but its meter did not: the path itself worked
 DENY_BUSY = 9  # module busy / archive full: not the links' fault
+#: a search report this soon after the search started was queued before it (no medium carries
+#: a search round this fast): it says nothing about the time of a round
+_STALE_S = 0.05
 
 
 # --- events (frozen: they go to the log, the store and the master station) -----------------
@@ -189,10 +192,19 @@ class EngineTuning:
     max_search_repeats: int = 4
     #: the root search stops once a round brings under 1/root_tail of its best round
     root_tail: int = 6
+    #: the same for a search from a proxy (0: the module ends it)
+    proxy_tail: int = 0
     #: a level ends after this many proxy searches in a row found nothing new
     empty_streak: int = 12
     root_slices: int = 255  # random answer slots of the first search: many nodes hear the CCO
     proxy_slices: int = 16
+    #: a search whose answers nearly stopped while the module keeps it going (its rounds end
+    #: in collisions: more contenders than slots) is stopped after this many rounds and made
+    #: again with ``congestion_factor`` times the slots, up to ``max_slices`` (the data unit's
+    #: byte). 2,040-meter street: searches of 120 contenders in 16 slots ran 150 s for 64 nodes
+    congestion_rounds: int = 4
+    congestion_factor: int = 4
+    max_slices: int = 255
     #: a node heard at least this well by its proxy shares the proxy's neighbourhood: it is
     #: only searched from when its level's other proxies find nothing new or archive meters
     #: are still unfound. 8 and 10 lost whole branches of a generated 200-meter feeder
@@ -266,7 +278,12 @@ class Mesh:
         #: found during discovery but heard only weakly so far: registered when discovery ends
         self._unregistered: dict[str, int] = {}
         self._late_reg: list[tuple[str, int]] = []
-        self._search_cut = False  # the last search was stopped at the guard's answer cap
+        self._search_cut = False  # the last search was stopped early: make it again
+        self._retry_slices: int | None = None  # answer slots for that next search
+        #: seconds one answer slot of a search lasts (learned from the searches' first answers)
+        self._slice_s: float | None = None
+        #: slots of a search -> the quickest first answer such a search gave (a round's length)
+        self._round_s: dict[int, float] = {}
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._relay_checked: dict[str, float] = {}  # relay -> when it was last checked
         self._last_save: float | None = None
@@ -410,20 +427,16 @@ class Mesh:
                     log.info("mesh: level %d: %d searches in a row found nothing, level ends",
                              level, empty)
                     break
-                got = await self._search_from(proxy, level, plug_and_play)
+                got = await self._search_repeated(proxy, level, plug_and_play)
                 empty = 0 if got else empty + 1
                 new += got
-                for _again in range(self.tuning.max_search_repeats):
-                    if not self._search_cut:
-                        break
-                    new += await self._search_from(proxy, level, plug_and_play)
                 searched.add(proxy)
             # Covered proxies are searched after all when the level would otherwise end the
             # discovery (a chain along a feeder runs on through them) or archive meters are
             # still missing.
             if skipped and (not new or self._missing_archive()):
                 for proxy in skipped:
-                    new += await self._search_from(proxy, level, plug_and_play)
+                    new += await self._search_repeated(proxy, level, plug_and_play)
                     searched.add(proxy)
             self.stats.by_level[level] = self.stats.by_level.get(level, 0) + len(new)
             total = sum(self.stats.by_level.values())
@@ -433,6 +446,17 @@ class Mesh:
             frontier = [a for a in new if a in self.topology
                         and self.topology.node(a).status is NodeStatus.APPROVED]
             level += 1
+
+    async def _search_repeated(self, proxy: str, level: int, plug_and_play: bool) -> list[str]:
+        """A search from ``proxy``, made again while it was stopped early (answer cap reached,
+        or congested: then with more slots); returns the new nodes of all of them."""
+        new = await self._search_from(proxy, level, plug_and_play)
+        for _again in range(self.tuning.max_search_repeats):
+            if not self._search_cut:
+                break
+            new += await self._search_from(proxy, level, plug_and_play,
+                                           slices=self._retry_slices)
+        return new
 
     def _best_quality(self, address: str) -> int:
         """Best signal quality any search report gave for a hop to ``address`` (-1: none)."""
@@ -467,6 +491,32 @@ class Mesh:
         finder, q = self._finder.get(proxy, (None, None))
         return finder in searched and q is not None and q >= self.tuning.cover_quality
 
+    def _congestion_wait(self, slices: int) -> float | None:
+        """How long to wait for a search report before a congestion check (None: no check)."""
+        if slices not in self._round_s or slices >= self.tuning.max_slices:
+            return None
+        return self._round_s[slices]
+
+    def _congested(self, slices: int, t_start: float, arrivals: list[float],
+                   now: float) -> bool:
+        """True when the search's last ``congestion_rounds`` rounds brought at most one answer.
+
+        The module ends a search on a round with neither answers nor collisions, so a search
+        still running with no answers is colliding: its contenders outnumber its slots (a
+        round of 16 slots with 120 contenders passes about one answer in 30 rounds). A low
+        yield alone is no sign: weakly heard nodes get through only now and then, and 64 or
+        255 slots made those tails 4-16 times as long (2,040-meter street: 1,368 -> 2,373 s).
+        """
+        # A round's length: the quickest first answer of a search with these many slots (a
+        # module's rounds need not scale with the slots; none known: no congestion check).
+        round_s = self._round_s.get(slices)
+        if round_s is None:
+            return False
+        window = self.tuning.congestion_rounds * round_s
+        if now - t_start < window:
+            return False
+        return sum(1 for t in arrivals if t > now - window) <= 1
+
     def _proxy_path(self, proxy: str) -> tuple[str, ...] | None:
         if proxy == self.root:
             return ()
@@ -496,6 +546,7 @@ class Mesh:
         # bring the few nodes that hear it badly (found later, and better, through proxies):
         # the root search stops once a round brings under 1/``root_tail`` of its best round.
         bursts: list[int] = []
+        tail = tn.root_tail if proxy == self.root else tn.proxy_tail
         last_t: float | None = None
         loop = asyncio.get_running_loop()
         async with self._search_lock:
@@ -544,18 +595,23 @@ class Mesh:
                         found.append((report.node, f.info.cmd_quality if f.info else None,
                                       report))
                         now = loop.time()
-                        if not arrivals:
+                        if not arrivals and now - t_start > _STALE_S:
                             # No answer can come before the first round's slices are over:
-                            # the quickest first answer bounds the time of one slice.
+                            # the quickest first answer bounds the time of one slice. (Answers
+                            # there at once were queued by the search stopped before this one.)
                             est = (now - t_start) / slices
                             self._slice_s = est if self._slice_s is None \
                                 else min(self._slice_s, est)
+                            self._round_s[slices] = min(self._round_s.get(slices, now - t_start),
+                                                        now - t_start)
                         arrivals.append(now)
-                        if not bursts or (last_t is not None and now - last_t > 2.0):
-                            if (proxy == self.root and len(bursts) >= 3
-                                    and bursts[-1] * self.tuning.root_tail < max(bursts)):
-                                log.info("mesh: root search stopped after %d rounds (last "
-                                         "brought %d)", len(bursts), bursts[-1])
+                        # A round's answers come one report time apart, rounds a round apart.
+                        gap = 2.0 if self._slice_s is None else slices * self._slice_s / 2
+                        if not bursts or (last_t is not None and now - last_t > gap):
+                            if (tail and len(bursts) >= 3
+                                    and bursts[-1] * tail < max(bursts)):
+                                log.info("mesh: search from %s stopped after %d rounds (last "
+                                         "brought %d)", proxy, len(bursts), bursts[-1])
                                 with contextlib.suppress(ModuleError):
                                     await self.driver.stop_search()
                                 break

@@ -506,35 +506,44 @@ control:
     def expected_daily(self, days: list[date]) -> set[tuple[str, str]]:
         """(meter, day) of every daily freeze the meters' truth says was taken on ``days``."""
         assert self.district is not None
-        md = self.district.meterdata
-        out = set()
-        for d in days:
-            t = (datetime.combine(d, datetime.min.time()) - self.start).total_seconds()
-            for m in self.scenario.all_meters():
-                if md.present(m.address, t):
-                    out.add((m.address, d.isoformat()))
-        return out
+        return expected_daily(self.district, days)
 
     def check(self, days: list[date]) -> CheckResult:
         """Compare the master's holdings with the truth for the daily freezes of ``days``."""
-        expected = self.expected_daily(days)
-        daily: Counter[tuple[str, str]] = Counter()
-        curve: Counter[tuple[str, str]] = Counter()
-        retrans = 0
-        for it in self.master_items():
-            retrans += max(0, it["copies"] - 1)
-            v = it["value"]
-            if it["afn"] == 0x0D and it["fn"] == 161:
-                daily[(it["meter"], _day_of(v))] += 1
-            elif it["afn"] == 0x0D and it["fn"] == 101:
-                for ts in _curve_times(v):
-                    curve[(it["meter"], ts)] += 1
-        delivered = expected & set(daily)
-        lost = sorted(expected - delivered)
-        dup = sorted(k for k, n in (*daily.items(), *curve.items()) if n > 1)
-        return CheckResult(expected=len(expected), delivered=len(delivered), lost=len(lost),
-                           duplicated=len(dup), retransmitted=retrans, curve_points=len(curve),
-                           lost_items=lost, duplicated_items=dup)
+        return check_items(self.master_items(), self.expected_daily(days))
+
+
+def expected_daily(district: SimDistrict, days: list[date]) -> set[tuple[str, str]]:
+    """(meter, day) of every daily freeze the meters' truth says was taken on ``days``."""
+    md, sc = district.meterdata, district.scenario
+    out = set()
+    for d in days:
+        t = (datetime.combine(d, datetime.min.time()) - sc.start).total_seconds()
+        for m in sc.all_meters():
+            if md.present(m.address, t):
+                out.add((m.address, d.isoformat()))
+    return out
+
+
+def check_items(items: list[dict[str, Any]], expected: set[tuple[str, str]]) -> CheckResult:
+    """The master's upload items against the expected (meter, day) daily readings."""
+    daily: Counter[tuple[str, str]] = Counter()
+    curve: Counter[tuple[str, str]] = Counter()
+    retrans = 0
+    for it in items:
+        retrans += max(0, it["copies"] - 1)
+        v = it["value"]
+        if it["afn"] == 0x0D and it["fn"] == 161:
+            daily[(it["meter"], _day_of(v))] += 1
+        elif it["afn"] == 0x0D and it["fn"] == 101:
+            for ts in _curve_times(v):
+                curve[(it["meter"], ts)] += 1
+    delivered = expected & set(daily)
+    lost = sorted(expected - delivered)
+    dup = sorted(k for k, n in (*daily.items(), *curve.items()) if n > 1)
+    return CheckResult(expected=len(expected), delivered=len(delivered), lost=len(lost),
+                       duplicated=len(dup), retransmitted=retrans, curve_points=len(curve),
+                       lost_items=lost, duplicated_items=dup)
 
 
 def _day_of(value: dict[str, Any]) -> str:
@@ -569,6 +578,8 @@ def run_scenario(name: str, out: Path, factor: float = DEFAULT_FACTOR, **kw: Any
     """Run scenario ``name`` (a key of :data:`SCENARIOS`) in its own accelerated loop."""
     from concentrator.timescale import loop_factory
 
+    if name in VSCENARIOS:
+        return run_virtual(name, out, **kw)
     out.mkdir(parents=True, exist_ok=True)
     epoch = time.time() + 0.5
     t0 = time.monotonic()
@@ -760,6 +771,215 @@ async def scenario_disk(out: Path, epoch: float, factor: float, full_s: float = 
         row["moved_aside"] = sorted(p.name for p in out.glob("concentrator.db.corrupt-*"))
         health = await c.healthy()
         row["healthy"] = row["healthy"] and health["healthy"]
+    return row
+
+
+# --- in-process scenarios, in virtual time -------------------------------------------------------
+#
+# Days and weeks at 40x are hours of wall time, so the long scenarios run the same Daemon object
+# in-process (``simulator.inprocess.VirtualDaemon``: the district on in-memory links, the master
+# on loopback, all in ``VirtualTimeLoop``). There is no process to SIGKILL or pty to close here;
+# RSS and open files are the whole test process's (district, master and daemon together).
+
+
+def _self_rss_kib() -> int | None:
+    return _proc_rss_kib(os.getpid())
+
+
+def _self_fds() -> int | None:
+    return _proc_fds(os.getpid())
+
+
+async def _v_healthy(vd: Any) -> dict[str, Any]:
+    """The daemon task alive, ``status`` answers, every watchdog loop beat in the last minute."""
+    alive = vd._task is not None and not vd._task.done()
+    st = await vd.daemon._h_status({}) if alive else None
+    wd = vd.daemon.watchdog
+    before = dict(wd._last)
+    await asyncio.sleep(60.0)
+    beats = bool(before) and all(wd._last.get(n, 0) > t for n, t in before.items())
+    return {"alive": alive, "status": st is not None, "watchdog_beats": beats,
+            "watchdog_healthy": wd.healthy(), "faults": st["faults"] if st else None,
+            "healthy": bool(alive and st is not None and beats and wd.healthy())}
+
+
+def _v_outbox(vd: Any) -> int:
+    return vd.daemon.store.outbox_count() if hasattr(vd.daemon.store, "outbox_count") else -1
+
+
+async def _v_drained(vd: Any, timeout: float) -> float | None:
+    """Virtual seconds until the master confirmed the backlog (status outbox 0, online)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while loop.time() - t0 < timeout:
+        st = await vd.daemon._h_status({})
+        if st["uplink"]["outbox"] == 0 and st["uplink"]["state"] == "online":
+            return loop.time() - t0
+        await asyncio.sleep(30.0)
+    return None
+
+
+def _v_round_done(vd: Any, day: date) -> bool:
+    if vd.daemon.store is None:     # not opened yet
+        return False
+    done = vd.daemon.store.kv_get("reader.done.daily_frozen")
+    return bool(done and done[:10] >= day.isoformat())
+
+
+async def _v_finish(vd: Any, days: list[date], row: dict[str, Any],
+                    expected: set[tuple[str, str]] | None = None) -> dict[str, Any]:
+    row["drain_s"] = await _v_drained(vd, 6 * 3600.0)
+    health = await _v_healthy(vd)
+    exp = expected if expected is not None else expected_daily(vd.district, days)
+    row.update(check_items(vd.master.uploads(), exp).as_dict())
+    row.update(drained=row["drain_s"] is not None, healthy=health["healthy"], health=health,
+               days=[d.isoformat() for d in days], restarts=0, kills=0,
+               end_district_time=vd.district.wall_time().isoformat(timespec="seconds"),
+               rss_scope="test process (district + master + daemon)")
+    return row
+
+
+def _churn_events(sc: Scenario, days: int, seed: int) -> Scenario:
+    """``sc`` plus, every day, a node outage, a meter replacement and a noise burst."""
+    from dataclasses import replace as dc_replace
+
+    from simulator.scenario import MeterReplaced, NodeOff, NodeOn, NoiseBurst
+
+    rng = random.Random(f"churn:{seed}")
+    evs = list(sc.events)
+    gone = {e.old for e in evs if isinstance(e, MeterReplaced)}
+    nodes = [j.id for j in sc.junctions[1:]] if getattr(sc, "junctions", None) else []
+    for d in range(1, days):
+        base = d * 86400.0
+        live = sorted({m.address for m in sc.all_meters()} - gone)
+        plc = [m.address for m in sc.all_meters() if m.address in live and m.collector is None]
+        victim = rng.choice(plc)
+        t_off = base + rng.uniform(9, 12) * 3600
+        evs += [NodeOff(round(t_off), victim), NodeOn(round(t_off + rng.uniform(1, 4) * 3600), victim)]
+        old = rng.choice([a for a in live if a != victim])
+        new = f"99{d:02d}{rng.randrange(10**8):08d}"
+        evs.append(MeterReplaced(round(base + rng.uniform(13, 16) * 3600), old, new))
+        gone.add(old)
+        if nodes:
+            evs.append(NoiseBurst(round(base + rng.uniform(19, 21) * 3600), rng.choice(nodes),
+                                  round(rng.uniform(25, 35), 1), round(rng.uniform(300, 1800))))
+    return dc_replace(sc, events=tuple(sorted(evs, key=lambda e: e.at)))
+
+
+async def vscenario_churn(out: Path, days: int = 7, meters: int = 20, seed: int = 1
+                          ) -> dict[str, Any]:
+    """A week of churn: every day a node dies and returns, a meter is replaced, a noise burst."""
+    from simulator.inprocess import VirtualDaemon
+
+    sc = _churn_events(generate(meters, "feeder", seed, channel="hplc", events=True), days, seed)
+    row: dict[str, Any] = {"days_run": days, "events": len(sc.events), "replacements": {
+        e.new for e in sc.events if type(e).__name__ == "MeterReplaced"}}
+    async with VirtualDaemon(sc, out) as vd:
+        first = sc.start.date()
+        await vd.until(lambda: _v_round_done(vd, first), 86400, step=300)
+        await _v_drained(vd, 3600)
+        row["rss_start_kib"], row["fds_start"] = _self_rss_kib(), _self_fds()
+        last = first + timedelta(days=days - 1)
+        await vd.until(lambda: _v_round_done(vd, last), days * 86400, step=600)
+        await asyncio.sleep(3600.0)
+        row["rss_end_kib"], row["fds_end"] = _self_rss_kib(), _self_fds()
+        row["peak_rss_kib"] = max(row["rss_start_kib"] or 0, row["rss_end_kib"] or 0)
+        row["recovery_s"] = []
+        days_l = [first + timedelta(days=i) for i in range(days)]
+        row = await _v_finish(vd, days_l, row)
+    return row
+
+
+async def vscenario_outage72(out: Path, hours: float = 72.0, meters: int = 20, seed: int = 1
+                             ) -> dict[str, Any]:
+    """The master unreachable for ``hours`` simulated hours from the start, then back."""
+    from simulator.inprocess import VirtualDaemon
+
+    sc = generate(meters, "feeder", seed, channel="hplc", events=False)
+    row: dict[str, Any] = {"outage_h": hours, "rss_during_kib": [], "outbox_during": []}
+    async with VirtualDaemon(sc, out) as vd:
+        await vd.master_down()
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + hours * 3600.0
+        while loop.time() < t_end:
+            await asyncio.sleep(min(6 * 3600.0, t_end - loop.time()))
+            st = await vd.daemon._h_status({})
+            row["rss_during_kib"].append(_self_rss_kib())
+            row["outbox_during"].append(st["uplink"]["outbox"])
+        row["outbox_before"] = row["outbox_during"][-1]
+        row["uplink_state_during"] = (await vd.daemon._h_status({}))["uplink"]["state"]
+        await vd.master_up()
+        drain = await _v_drained(vd, 6 * 3600.0)
+        row["recovery_s"] = [round(drain)] if drain is not None else []
+        row["rss_after_kib"] = _self_rss_kib()
+        row["peak_rss_kib"] = max(x for x in row["rss_during_kib"] + [row["rss_after_kib"]] if x)
+        first = sc.start.date()
+        days = [first + timedelta(days=i) for i in range(int(hours // 24) + 1)
+                if _v_round_done(vd, first + timedelta(days=i))]
+        row = await _v_finish(vd, days, row)
+    return row
+
+
+async def vscenario_clock_jump(out: Path, meters: int = 20, seed: int = 1) -> dict[str, Any]:
+    """The terminal's wall clock steps forward a day, later back an hour (the meters' clocks and
+    the master's do not): no daily round of the terminal's days missed or repeated, the readings
+    whose meters had not frozen that day flagged, an ERC 41 event per step."""
+    from concentrator.store import FLAG_FROM_REALTIME
+    from simulator.inprocess import VirtualDaemon
+
+    sc = generate(meters, "feeder", seed, channel="hplc", events=False)
+    row: dict[str, Any] = {"recovery_s": []}
+    d0 = sc.start.date()
+    days = [d0 + timedelta(days=i) for i in range(4)]
+    async with VirtualDaemon(sc, out) as vd:
+        await vd.until(lambda: _v_round_done(vd, d0), 86400, step=300)
+        await vd.until(lambda: vd.district.wall_time() >= datetime.combine(d0, datetime.min.time())
+                       + timedelta(hours=12), 86400, step=300)
+        vd.step_clock(timedelta(days=1))          # the terminal now reads day 2, 12:00
+        t0 = asyncio.get_running_loop().time()
+        await vd.until(lambda: _v_round_done(vd, days[1]), 6 * 3600, step=60)
+        row["recovery_s"].append(round(asyncio.get_running_loop().time() - t0))
+        await vd.until(lambda: _v_round_done(vd, days[2]), 86400, step=60)
+        row["back_step_at"] = vd.clock.now().isoformat(timespec="seconds")
+        vd.step_clock(timedelta(hours=-1))        # back an hour, just after day 3's round
+        await vd.until(lambda: _v_round_done(vd, days[3]), 2 * 86400, step=300)
+        store = vd.daemon.store
+        row["reports"] = [(r.task, r.opens.isoformat()) for r in vd.daemon.reader.reports
+                          if r.task == "daily_frozen"]
+        flagged = {d.isoformat(): sum(1 for r in store.daily_for_date(d)
+                                      if r.flags & FLAG_FROM_REALTIME) for d in days}
+        row["flagged_by_day"] = flagged
+        await _v_drained(vd, 3600)
+        ercs = Counter()
+        for u in vd.master.uploads():
+            if u["afn"] == 0x0E:
+                for r in u["value"].get("records", []):
+                    ercs[r.get("erc")] += 1
+        row["events_at_master"] = dict(ercs)
+        row["peak_rss_kib"] = _self_rss_kib()
+        # The terminal's days are the labels now: each meter once for each of its four days.
+        expected = {(m.address, d.isoformat()) for m in sc.all_meters() for d in days}
+        row = await _v_finish(vd, days, row, expected=expected)
+    return row
+
+
+VSCENARIOS: dict[str, Any] = {
+    "churn": vscenario_churn,
+    "outage72": vscenario_outage72,
+    "clock_jump": vscenario_clock_jump,
+}
+
+
+def run_virtual(name: str, out: Path, **kw: Any) -> dict[str, Any]:
+    """Run in-process scenario ``name`` (a key of :data:`VSCENARIOS`) in virtual time."""
+    from simulator.vtime import VirtualTimeLoop
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        row = runner.run(VSCENARIOS[name](out, **kw))
+    row.update(scenario=name, wall_s=round(time.monotonic() - t0, 1), factor="virtual",
+               harness="in-process")
     return row
 
 

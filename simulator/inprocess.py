@@ -20,6 +20,7 @@ import asyncio
 import grp
 import os
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,24 @@ control: {{socket: {out}/control.sock, group: {group}, audit_log: {out}/audit.js
 {extra}"""
 
 
+class SteppedClock:
+    """The district's clock plus an offset that ``step()`` changes: the terminal's wall clock
+    stepping (a bad RTC, a time sync) while monotonic time and the meters' clocks go on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return self.inner.now() + self.offset
+
+    def monotonic(self) -> float:
+        return self.inner.monotonic()
+
+    def step(self, delta: timedelta) -> None:
+        self.offset += delta
+
+
 class VirtualDaemon:
     """Daemon + ``SimDistrict`` + ``MasterStation`` sharing the district's clock."""
 
@@ -69,6 +88,8 @@ class VirtualDaemon:
         self.district: SimDistrict | None = None
         self.master: MasterStation | None = None
         self.daemon: Daemon | None = None
+        self.clock: SteppedClock | None = None   # the daemon's wall clock (``step_clock``)
+        self.master_port: int | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -91,14 +112,31 @@ class VirtualDaemon:
         keys.save()
         self.master = MasterStation(self.out / "master.sqlite", keys=keys,
                                     clock=self.district.clock)
-        port = await self.master.start()
+        port = self.master_port = await self.master.start()
         summary = self.scenario.summary_meter.address if self.scenario.summary_meter else None
         text = daemon_config(self.out, port, self.scenario.channel, summary=summary,
                              extra=self.extra_config)
         cfg = cfgmod.loads(text, str(self.out / "concentrator.yaml"))
-        self.daemon = Daemon(cfg, clock=self.district.clock, open_link=self._open_link)
+        self.clock = SteppedClock(self.district.clock)
+        self.daemon = Daemon(cfg, clock=self.clock, open_link=self._open_link)
         self._task = asyncio.create_task(self.daemon.run(self._stop), name="daemon")
         return self
+
+    def step_clock(self, delta: timedelta) -> None:
+        """The daemon's wall clock steps by ``delta`` (the district's and master's do not)."""
+        assert self.clock is not None
+        self.clock.step(delta)
+
+    async def master_down(self) -> None:
+        """The master station stops listening and drops its connections."""
+        assert self.master is not None
+        await self.master.stop()
+
+    async def master_up(self) -> None:
+        """The master station listens again on the same port."""
+        assert self.master is not None
+        if not self.master._servers:
+            await self.master.start("127.0.0.1", self.master_port or 0)
 
     async def until(self, cond: Callable[[], Any], timeout: float, step: float = 5.0) -> Any:
         """Wait (virtual seconds) until ``cond()`` is truthy; its value, or TimeoutError."""

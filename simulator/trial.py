@@ -189,6 +189,9 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
             "first_rate": round(rep.first_rate, 5), "final_rate": round(rep.final_rate, 5),
             "no_retry_rate": round(rep.no_retry_rate, 5),
             "duration_s": round(rep.duration_s, 1), "first_pass_s": round(rep.first_pass_s, 1),
+            # Until every meter whose own clock had frozen was read (issue 5's round duration);
+            # meters whose clock was behind midnight are listed with how far behind it was.
+            "readable_s": round(rep.readable_s, 1), "clock_behind": dict(rep.clock_behind),
             "passes": rep.passes,
             "exchanges": rep.exchanges, "airtime_lower_bound_s": round(bound, 2),
             "duration_over_bound": round(rep.duration_s / bound, 2) if bound else None,
@@ -268,9 +271,10 @@ def _print_summary(res: dict[str, Any]) -> None:
                  if r["first_pass_over_bound"] else "")
         click.echo(f"{r['task']} {r['opens']}: {r['meters']} meters, first attempt "
                    f"{100 * r['first_attempt_rate']:.2f}%, first pass {100 * r['first_rate']:.2f}%, "
-                   f"final {100 * r['final_rate']:.2f}%, {r['duration_s']:.0f} s "
-                   f"(first pass {r['first_pass_s']:.0f} s){ratio}, "
-                   f"{len(r['unread'])} unread")
+                   f"final {100 * r['final_rate']:.2f}%, {r['readable_s']:.0f} s for the meters "
+                   f"whose clock had frozen (first pass {r['first_pass_s']:.0f} s){ratio}, "
+                   f"{r['duration_s']:.0f} s with the {len(r['clock_behind'])} whose clock was "
+                   f"behind, {len(r['unread'])} unread")
     for ll in res["line_loss"]:
         click.echo(f"line loss {ll['day']}: {ll['loss_pct']}% over {ll['meters_covered']}/"
                    f"{ll['meters_total']} meters (truth {ll['truth_pct_covered_meters']}% over the "

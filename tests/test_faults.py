@@ -5,9 +5,14 @@ station on loopback and ``concentrator run`` as a subprocess, in 40x accelerated
 end the master must hold every daily freeze the meters' truth says was taken, exactly once,
 and the daemon must be healthy (``status`` answers, watchdog pings flowing). The three
 scenarios run side by side in separate processes (each spends most of its time waiting on
-accelerated timers), so the file stays near a minute and a half of wall time.
+accelerated timers).
 
-The full campaign (100 kills, a 72-hour outage, fail-over and flapping) is ``bench/faults.py``.
+The long scenarios (a clock step, days of churn, a long master outage) run the same Daemon
+object in-process in virtual time (``simulator.campaign.VSCENARIOS``); their small versions
+run here in one more worker process while the process scenarios wait on timers.
+
+The full campaign (100 kills, a 72-hour outage, a week of churn, fail-over and flapping) is
+``bench/faults.py``.
 """
 
 import concurrent.futures
@@ -17,7 +22,12 @@ import pytest
 import serial
 
 from plc_driver.link import LinkClosed, SerialLink
-from simulator.campaign import run_scenario
+from simulator.campaign import run_scenario, run_virtual
+
+
+def _virtual_rows(base, names):
+    kw = {"churn": {"days": 3}, "outage72": {"hours": 30.0}}
+    return {name: run_virtual(name, base / name, **kw.get(name, {})) for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +41,17 @@ def rows(tmp_path_factory):
         # The store full during the round, then room again; then a corrupted store file.
         "disk": {},
     }
-    with concurrent.futures.ProcessPoolExecutor(len(jobs)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(len(jobs) + 1) as pool:
         futs = {name: pool.submit(run_scenario, name, base / name, **kw)
                 for name, kw in jobs.items()}
-        return {name: f.result(timeout=400) for name, f in futs.items()}
+        # The in-process ones are CPU-bound: one worker beside the waiting process ones (two
+        # starved the 40x daemons on a 2-CPU machine and reads failed).
+        virtual = [pool.submit(_virtual_rows, base / "virtual",
+                               ["clock_jump", "outage72", "churn"])]
+        rows = {name: f.result(timeout=400) for name, f in futs.items()}
+        for f in virtual:
+            rows.update(f.result(timeout=400))
+        return rows
 
 
 def _delivered_exactly_once(row):
@@ -79,3 +96,43 @@ def test_port_refusing_its_line_settings_is_a_link_fault_not_a_crash(monkeypatch
     monkeypatch.setattr(serial, "Serial", refuse)
     with pytest.raises(LinkClosed, match="cannot open"):
         SerialLink(str(tmp_path / "ttyPLC"))
+
+
+def test_clock_step_forward_a_day_and_back_an_hour_misses_and_repeats_no_round(rows):
+    # Regression (found by this scenario): a forward step over the daily window skipped that
+    # day's round for good, and nothing told the master that the terminal's clock had moved.
+    row = rows["clock_jump"]
+    days = row["days"]
+    assert [opens[:10] for task, opens in row["reports"]] == days      # one round per day
+    assert row["duplicated"] == 0, row["duplicated_items"]
+    assert row["healthy"], row["health"]
+    # Regression: the last make-up pass started in the window's last seconds and 7 of 20
+    # meters lost day 4. What is left: the stand-in for a meter a day behind is tried in the
+    # last pass only, so one failed exchange there still loses that meter's day (seen: 1).
+    assert row["lost"] <= 1, row["lost_items"]
+    assert row["events_at_master"].get(41) == 2, row["events_at_master"]   # one per step
+    # The meters are now a day behind the terminal: their registers stand in, flagged.
+    assert all(row["flagged_by_day"][d] >= 20 for d in days[1:]), row["flagged_by_day"]
+
+
+def test_days_of_churn_keep_memory_and_open_files_flat(rows):
+    # Regression (found by this scenario): a replacement meter the mesh found after formation
+    # was never read (not in the reading archive until a restart); days 2 and 3's are now.
+    row = rows["churn"]
+    assert row["duplicated"] == 0, row["duplicated_items"]
+    assert row["healthy"], row["health"]
+    # What is left (mesh): a swapped-in meter is found only when a repair search hears it,
+    # sometimes a day late or not within the run; only such meters may miss days.
+    assert row["lost"] <= 2, row["lost_items"]
+    assert {m for m, _ in row["lost_items"]} <= row["replacements"], row["lost_items"]
+    assert row["fds_end"] <= row["fds_start"] + 2, (row["fds_start"], row["fds_end"])
+    assert row["rss_end_kib"] < row["rss_start_kib"] * 1.3, (row["rss_start_kib"],
+                                                               row["rss_end_kib"])
+
+
+def test_a_long_master_outage_keeps_the_backlog_in_the_store_and_drains_it(rows):
+    row = rows["outage72"]
+    assert row["outbox_during"] == sorted(row["outbox_during"]) and row["outbox_before"] > 0
+    assert row["recovery_s"], "the backlog did not drain after the master came back"
+    _delivered_exactly_once(row)
+

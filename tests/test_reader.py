@@ -207,9 +207,11 @@ def test_a_meter_dead_all_window_is_reported_unread_with_the_reason(tmp_path):
     report = reader.reports[0]
     assert report.unread == {meters[0]: "no_reply:no route answered"}
     assert report.final_rate == pytest.approx(2 / 3)
-    # Make-up passes every 10 minutes until 06:00, then stop.
+    # One quick make-up pass right after the first (collisions clear at once), then
+    # make-up passes every 10 minutes until 06:00, then stop.
     tries = [t for a, _, t in mesh.requests if a == meters[0]]
-    assert 30 <= len(tries) <= 36 and max(tries) < 6 * 3600
+    assert tries[1] - tries[0] <= 3 * 1.0 + 10
+    assert 31 <= len(tries) <= 37 and max(tries) < 6 * 3600
     assert store.rounds()[0].unread == {meters[0]: "no_reply:no route answered"}
 
 
@@ -629,3 +631,125 @@ def test_first_attempt_counts_only_a_first_exchange_answered_on_the_primary_rout
     assert rep.first_rate == 1.0  # read in the first pass...
     assert rep.first_attempt_rate == 0.75  # ...but not on the first attempt
     assert not rep.results[detour].first_attempt_ok and rep.results[detour].first_ok
+
+
+# --- meters whose clock is behind; pacing and the adaptive in-flight limit (issue 5) ---------
+
+class ClockedMesh(FakeMesh):
+    """FakeMesh whose meters in ``behind`` run ``behind[m]`` seconds slow: they freeze when
+    their own clock passes midnight and answer 04 00 01 0C with that clock."""
+
+    def __init__(self, clock, meters, behind, **kw):
+        super().__init__(clock, meters, **kw)
+        self.behind = behind
+
+    def meter_now(self, address):
+        return self.clock.now() - timedelta(seconds=self.behind.get(address, 0.0))
+
+    def value(self, address, di):
+        if di == 0x0400010C:
+            return self.meter_now(address).replace(microsecond=0)
+        if address in self.behind and di >> 8 in (0x050600, 0x050601):
+            mine = self.meter_now(address).date()  # its own day: the freezes it has taken
+            back = mine - timedelta(days=(di & 0xFF) - 1)
+            return datetime.combine(back, time(0)) if di >> 8 == 0x050600 \
+                else self.freeze_fwd(address, back)
+        return super().value(address, di)
+
+
+def test_a_meter_whose_clock_is_behind_midnight_is_read_once_when_it_freezes(tmp_path):
+    meters = [addr(i) for i in range(1, 6)]
+    late, far = meters[1], meters[3]  # 30 min slow (midnight at 00:30); 8 h slow (08:00)
+    task = Task("daily_frozen", TaskKind.DAILY_FROZEN, time(0, 5), time(6, 0), retry_pause_s=300)
+
+    async def main():
+        clock = LoopClock(datetime(2024, 3, 1, 0, 5))
+        clock.now()
+        store = make_store(tmp_path, clock, meters)
+        mesh = ClockedMesh(clock, meters, {late: 1800.0, far: 8 * 3600.0})
+        reader = Reader(mesh, store, clock, [task], max_concurrent=2)
+        report = await reader.run_round(task, datetime(2024, 3, 1, 0, 5),
+                                        datetime(2024, 3, 1, 6, 0))
+        return store, mesh, report
+
+    store, mesh, report = run(main())
+    assert report.final_rate == 1.0
+    # Not every 5 minutes: once at 00:05, once after its clock passed midnight (00:30 + margin).
+    block_reads = [t for a, di, t in mesh.requests if a == late and di == 0x0506FF01]
+    assert len(block_reads) == 2
+    assert 1500 < block_reads[1] - block_reads[0] < 1500 + 60
+    got = store.daily(late, DAY1)
+    assert got.flags == 0 and got.freeze_time == datetime(2024, 3, 1, 0, 0)  # its true freeze
+    assert got.fwd_total == FakeMesh.freeze_fwd(late, DAY1)[0]
+    # The 8-hour-slow meter would freeze after 06:00: stood in for at once (its real-time
+    # registers are closest to midnight now), not in the window's last pass.
+    stood_in = store.daily(far, DAY1)
+    assert stood_in.flags & 0x01 and stood_in.read_time < datetime(2024, 3, 1, 0, 10)
+    # The round's duration for issue 5 leaves out the meters nobody could read earlier.
+    assert report.clock_behind == {late: pytest.approx(1500, abs=5),
+                                   far: pytest.approx(8 * 3600 - 300, abs=5)}
+    assert report.readable_s < 60 < 1500 < report.duration_s < 1500 + 90
+    assert report.results[late].first_attempt_ok and not report.results[late].first_ok
+
+
+def test_adaptive_limit_drops_while_first_routes_fail_and_climbs_back():
+    meters = [addr(i) for i in range(1, 81)]
+    sick = set(meters[:8])  # their first exchanges fail: concurrent replies collided
+
+    class Tracking(FakeMesh):
+        async def exchange(self, address, dlt645_bytes, *, priority=False):
+            self.starts.append(self.in_flight + 1)
+            return await super().exchange(address, dlt645_bytes, priority=priority)
+
+    async def main(tmp):
+        clock = LoopClock(datetime(2024, 3, 1, 0, 5))
+        clock.now()
+        store = make_store(tmp, clock, meters)
+        once = set(sick)  # each fails its first exchange only
+
+        def dead(a, now):
+            if a in once:
+                once.discard(a)
+                return True
+            return False
+
+        mesh = Tracking(clock, meters, dead=dead)
+        mesh.starts = []
+        reader = Reader(mesh, store, clock, [DAILY], max_concurrent=5, adaptive=True)
+        report = await reader.run_round(DAILY)
+        return mesh, reader, report
+
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh, reader, report = run(main(Path(tmp)))
+    assert report.final_rate == 1.0
+    assert mesh.starts[0:5] == [1, 2, 3, 4, 5]
+    # After the failures, never more than the floor (3) until successes raised it again ...
+    after = mesh.starts[8:20]
+    assert max(after) <= 3
+    # ... and it climbed back to the module's 5 (20 first-route answers per step).
+    assert max(mesh.starts[-15:]) == 5 and reader.in_flight_limit == 5
+
+
+def test_pacing_staggers_exchange_starts_by_the_relay_depth(tmp_path):
+    meters = [addr(i) for i in range(1, 13)]
+    depth = {m: ("000000009001",) * (1 + i % 2) for i, m in enumerate(meters)}
+
+    async def main():
+        clock = LoopClock(datetime(2024, 3, 1, 0, 5))
+        clock.now()
+        store = make_store(tmp_path, clock, meters)
+        mesh = FakeMesh(clock, meters)
+        reader = Reader(mesh, store, clock, [DAILY], max_concurrent=5, route_of=depth.get,
+                        pace_s_per_level=0.1)
+        report = await reader.run_round(DAILY)
+        return mesh, report
+
+    mesh, report = run(main())
+    assert report.final_rate == 1.0
+    starts = [(a, t) for a, _, t in mesh.requests]
+    for (a, t), (_, t_next) in zip(starts, starts[1:], strict=False):
+        # one level per relay plus the meter's own hop, 0.1 s each
+        assert t_next - t >= 0.1 * (len(depth[a]) + 1) - 1e-9
+    assert mesh.max_in_flight >= 2  # still concurrent, only spread out
