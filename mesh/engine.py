@@ -1038,11 +1038,15 @@ class Mesh:
         for w in self._candidates(address, include_down=True):
             if probes >= self.tuning.repair_probes:
                 break
-            route = topo.primary(w)
-            if route is None:
-                continue
+            if w == self.root:
+                relays: tuple[str, ...] = ()   # straight from the CCO (the root has no route)
+            else:
+                route = topo.primary(w)
+                if route is None:
+                    continue
+                relays = (*route.relays, w)
             probes += 1
-            if await self.probe(address, (*route.relays, w)):
+            if await self.probe(address, relays):
                 log.info("mesh: %s reachable again via %s", address, w)
                 self._emit(RepairDone(address, True, probes, 0))
                 return True
@@ -1105,6 +1109,8 @@ class Mesh:
     async def maintain(self) -> None:
         """Periodic upkeep: ageing, probing uncertain routes, load relief, saving."""
         await self.age()
+        self.topology.revive_presumed_dead(self._now(), self.tuning.relay_check_s)
+        self._flush()
         await self.probe_uncertain()
         self.topology.rebalance()
         self._flush()

@@ -190,6 +190,8 @@ class Topology:
         self.now: float | None = None
         # the primary relays last reported in a RouteChanged, for the event's ``old_relays``
         self._last_relays: dict[str, tuple[str, ...] | None] = {}
+        # nodes presumed dead (mark_node_down) -> when; their links are tried again later
+        self.presumed_dead: dict[str, float] = {}
         self.graph.add_node(self.root, node=Node(self.root, NodeKind.CONCENTRATOR,
                                                  NodeStatus.APPROVED, level=0))
 
@@ -395,8 +397,33 @@ class Topology:
         others = sorted(set(self.graph.successors(address)) | set(self.graph.predecessors(address)))
         for w in others:
             self.mark_down(address, w)
+        self.presumed_dead[address] = self.now if self.now is not None else 0.0
         log.warning("mesh: node %s presumed dead, %d links down", address, len(others))
         return len(others)
+
+    def revive_presumed_dead(self, now: float, hold: float) -> list[str]:
+        """Let the links of nodes presumed dead for ``hold`` seconds be tried again.
+
+        A node that came back (power restored, a churned modem re-plugged) is still registered in
+        the module, so no search hears it, and the meters it relayed have no way to it while all
+        its links are down: without this they would stay unread for good. Its links come back
+        with their failure history; if it is still dead the next exchange marks them down again.
+        """
+        back = [a for a, t in self.presumed_dead.items() if now - t >= hold]
+        for a in back:
+            del self.presumed_dead[a]
+            if a not in self.graph:
+                continue
+            for w in set(self.graph.successors(a)) | set(self.graph.predecessors(a)):
+                for x, y in ((a, w), (w, a)):
+                    data = self.graph.get_edge_data(x, y)
+                    for est in (data or {}).get("links", {}).values():
+                        est.down = False
+                        est.consec_fail = 0.0
+                self._update_hop(a, w)
+                self._update_hop(w, a)
+            log.info("mesh: node %s presumed dead %.0f s ago: its links may be used again", a, hold)
+        return back
 
     def down_links(self) -> list[LinkKey]:
         """Links currently down: candidates for a repair probe."""

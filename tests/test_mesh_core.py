@@ -117,6 +117,23 @@ def test_a_node_marked_dead_moves_every_route_it_relayed_at_once():
     assert topo.mark_node_down(ROOT) == 0
 
 
+def test_a_node_presumed_dead_gets_its_routes_back_after_the_hold():
+    # A relay that came back is still registered in the module: no search hears it, and the
+    # meters behind it have no way to it while all its links are down.
+    topo = make(5)
+    link(topo, ROOT, a(2), 0.99, weight=20)
+    for t in (3, 4, 5):
+        link(topo, a(2), a(t), 0.99, weight=20)
+    topo.observe(ROOT, a(2), True, t=100.0)
+    topo.mark_node_down(a(2))
+    assert topo.primary(a(2)) is None and topo.primary(a(3)) is None
+    assert topo.revive_presumed_dead(now=300.0, hold=600.0) == []      # too early
+    assert topo.primary(a(3)) is None
+    assert topo.revive_presumed_dead(now=800.0, hold=600.0) == [a(2)]
+    assert topo.primary(a(2)).relays == () and topo.primary(a(3)).relays == (a(2),)
+    assert topo.revive_presumed_dead(now=2000.0, hold=600.0) == []     # once
+
+
 def test_removing_a_relay_reroutes_and_reports():
     topo = make(3)
     link(topo, ROOT, a(2), 0.99)
