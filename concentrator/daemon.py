@@ -511,9 +511,20 @@ class Daemon:
             "last_seen": self._iso(n.get("last_seen")),
         }
 
+    def _node_counts(self) -> tuple[str | None, dict[str, int]]:
+        # Counted on the topology itself: the full snapshot (links, history of every node) cost
+        # 0.15 s of CPU per status at 1,000 nodes, and the demo and the CLI poll status.
+        if self.mesh is None:
+            return self.config.module.cco_address, {"total": 0, "online": 0, "quarantined": 0}
+        topo = self.mesh.topology
+        nodes = [n for n in topo.nodes() if n.address != topo.root]
+        return topo.root, {
+            "total": len(nodes),
+            "online": sum(1 for n in nodes if topo.primary(n.address) is not None),
+            "quarantined": sum(1 for n in nodes if n.status.value == "quarantined")}
+
     async def _h_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        snap = self._snapshot()
-        nodes = [n for n in snap["nodes"] if n["address"] != snap.get("root")]
+        root, counts = self._node_counts()
         rounds = self.reader.reports if self.reader is not None else []
         last = rounds[-1] if rounds else None
         stats = self.store.stats() if self.store else None
@@ -525,10 +536,8 @@ class Daemon:
                          "address": self.config.terminal.address},
             "module": {"port": self.config.module.port, "channel": self.config.module.channel,
                        "connected": self.module_connected,
-                       "cco_address": snap.get("root")},
-            "nodes": {"total": len(nodes),
-                      "online": sum(1 for n in nodes if n.get("route")),
-                      "quarantined": sum(1 for n in nodes if n.get("status") == "quarantined")},
+                       "cco_address": root},
+            "nodes": counts,
             "discovering": self.discovering,
             "reading": None if last is None else {
                 "task": last.task, "day": last.opens.date().isoformat(), "due": last.meters,

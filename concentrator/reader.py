@@ -625,7 +625,9 @@ class Reader:
                 tried = set(pending)
                 due = {m: ctx.freeze_due.pop(m) for m in tried if m in ctx.freeze_due}
                 last = now + timedelta(seconds=task.retry_pause_s) >= closes
-                retry_at = {m: retry_at[m] if m not in tried else due.get(m)
+                # A meter not tried in this pass keeps its planned time; one with none yet (a
+                # back-fill that failed in an earlier pass) gets the next pass.
+                retry_at = {m: retry_at[m] if m not in tried and m in retry_at else due.get(m)
                             or (None if last else now + timedelta(seconds=pause))
                             for m in unread}
                 retry_at = {m: t for m, t in retry_at.items() if t is not None and t < closes}

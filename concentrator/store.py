@@ -951,6 +951,15 @@ class Store:
             sql += " WHERE quarantined=0"
         return [self._meter_row(r) for r in self._conn.execute(sql + " ORDER BY address")]
 
+    def meter_points(self) -> list[tuple[str, int]]:
+        """(address, measuring point pn) of every meter that has a point, in address order.
+
+        The uplink maps meters to points for every upload frame: this skips building a
+        MeterRecord per archive row (``meters()`` did that 1,000 times per frame).
+        """
+        return self._conn.execute("SELECT address, point FROM archive WHERE point IS NOT NULL"
+                                  " AND point <> 0 ORDER BY address").fetchall()
+
     @staticmethod
     def _meter_row(r: Sequence[Any]) -> MeterRecord:
         return MeterRecord(

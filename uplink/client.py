@@ -427,10 +427,10 @@ class UplinkClient:
     # --- helpers the session uses -----------------------------------------------------------
 
     def point_map(self) -> dict[str, int]:
-        return {m.address: m.point for m in self.store.meters() if m.point}
+        return dict(self.store.meter_points())
 
     def meter_of_point(self) -> dict[int, str]:
-        return {m.point: m.address for m in self.store.meters() if m.point}
+        return {point: address for address, point in self.store.meter_points()}
 
     def line_loss_pending(self) -> list[tuple[LineLoss, str]]:
         """Line loss of recent days not yet confirmed as it is now (with its fingerprint)."""
