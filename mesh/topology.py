@@ -423,6 +423,28 @@ class Topology:
                 self._update_hop(a, w)
                 self._update_hop(w, a)
             log.info("mesh: node %s presumed dead %.0f s ago: its links may be used again", a, hold)
+        # Any node left with no route at all (its links went down one failure at a time while
+        # it was off): links not heard from for ``hold`` are tried again, or it would stay
+        # unread after it came back (found by the fault campaign's churn week).
+        for node in self.nodes():
+            addr = node.address
+            if addr == self.root or addr in back or self.primary(addr) is not None:
+                continue
+            revived = False
+            for w in set(self.graph.successors(addr)) | set(self.graph.predecessors(addr)):
+                for x, y in ((addr, w), (w, addr)):
+                    data = self.graph.get_edge_data(x, y)
+                    for est in (data or {}).get("links", {}).values():
+                        if est.down and est.t_last is not None and now - est.t_last >= hold:
+                            est.down = False
+                            est.consec_fail = 0.0
+                            revived = True
+                self._update_hop(addr, w)
+                self._update_hop(w, addr)
+            if revived:
+                back.append(addr)
+                log.info("mesh: node %s has no route: links silent for %.0f s may be tried again",
+                         addr, hold)
         return back
 
     def down_links(self) -> list[LinkKey]:

@@ -134,6 +134,28 @@ def test_a_node_presumed_dead_gets_its_routes_back_after_the_hold():
     assert topo.revive_presumed_dead(now=2000.0, hold=600.0) == []     # once
 
 
+def test_a_node_whose_links_all_failed_is_tried_again_after_the_hold():
+    # A meter switched off long enough for every link to fail: when it is back it still has no
+    # route, and no search hears it (it is registered in the module).
+    topo = make(2)
+    link(topo, ROOT, a(2), 0.99, weight=20)
+    link(topo, ROOT, a(3), 0.99, weight=20)
+    link(topo, a(3), a(2), 0.9, weight=20)
+    for t in (100.0, 101.0, 102.0, 103.0):
+        topo.observe(ROOT, a(2), False, t=t)
+        topo.observe(a(3), a(2), False, t=t)
+    assert topo.primary(a(2)) is None
+    assert topo.revive_presumed_dead(now=400.0, hold=600.0) == []
+    assert topo.revive_presumed_dead(now=800.0, hold=600.0) == [a(2)]
+    assert topo.primary(a(2)) is not None
+    # Still dead: three more failures take it down again until the next hold.
+    for t in (801.0, 802.0, 803.0, 804.0):
+        topo.observe(ROOT, a(2), False, t=t)
+        topo.observe(a(3), a(2), False, t=t)
+    assert topo.primary(a(2)) is None
+    assert topo.revive_presumed_dead(now=900.0, hold=600.0) == []
+
+
 def test_removing_a_relay_reroutes_and_reports():
     topo = make(3)
     link(topo, ROOT, a(2), 0.99)
