@@ -258,7 +258,7 @@ async def run_case(meters: int, factor: float, seed: int, out: Path, *, profile:
     """One run: formation, the 00:05 rounds with their uploads, a quiet stretch; CPU of each."""
     from concentrator.control import ControlClient, ControlError
     from concentrator.keystore import FileKeyStore
-    from simulator.demo import _daemon_config, _DistrictClock
+    from simulator.demo import _daemon_config, _DistrictClock, stop_processes
     from simulator.generate import generate
     from simulator.master import MasterStation
     from simulator.scenario import dump
@@ -432,13 +432,7 @@ async def run_case(meters: int, factor: float, seed: int, out: Path, *, profile:
         return res
     finally:
         store.close()
-        for p in reversed(procs):  # the daemon first, so the module port does not vanish under it
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, 30)
         await master.stop()
         master.close()
 

@@ -102,6 +102,18 @@ control:
 """
 
 
+def stop_processes(procs: list[subprocess.Popen[Any]], timeout: float) -> None:
+    """SIGTERM the processes newest first (the daemon before the simulator, so the module
+    port does not vanish under it), killing any that does not stop within ``timeout``."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _line(text: str) -> None:
     sys.stdout.write("\r\033[K" + text if sys.stdout.isatty() else text + "\n")
     sys.stdout.flush()
@@ -204,13 +216,7 @@ async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: in
             await on_ready(sock, master)
         return code
     finally:
-        for p in reversed(procs):  # the daemon first, so the module port does not vanish under it
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, 15)
         await master.stop()
         master.close()
 
