@@ -211,23 +211,6 @@ def _phase(a: _Sample, b: _Sample) -> dict[str, Any]:
             "cpu_per_1000_reads": round(1000 * cpu / ok, 2) if ok else None}
 
 
-def _start_sim(out: Path, common: list[str]
-               ) -> tuple[subprocess.Popen[str], str | None, str | None]:
-    """``concentrator-sim serve`` in accelerated time; returns it and its module/summary ptys."""
-    sim = subprocess.Popen([str(BIN / "concentrator-sim"), "serve", str(out / "district.yaml"),
-                            *common], stdout=subprocess.PIPE,
-                           stderr=open(out / "simulator.log", "a"), text=True)  # noqa: SIM115
-    module_pty = summary_pty = None
-    assert sim.stdout is not None
-    for _ in range(3):
-        line = sim.stdout.readline()
-        if line.startswith("module:"):
-            module_pty = line.split()[1]
-        elif line.startswith("summary meter:") and "/dev/" in line:
-            summary_pty = line.split()[2]
-    return sim, module_pty, summary_pty
-
-
 def _port_opens(path: str) -> bool:
     """The module pty opens at the module's line settings, as the daemon will open it.
 
@@ -258,7 +241,12 @@ async def run_case(meters: int, factor: float, seed: int, out: Path, *, profile:
     """One run: formation, the 00:05 rounds with their uploads, a quiet stretch; CPU of each."""
     from concentrator.control import ControlClient, ControlError
     from concentrator.keystore import FileKeyStore
-    from simulator.demo import _daemon_config, _DistrictClock, stop_processes
+    from simulator.demo import (
+        _daemon_config,
+        _DistrictClock,
+        start_simulator,
+        stop_processes,
+    )
     from simulator.generate import generate
     from simulator.master import MasterStation
     from simulator.scenario import dump
@@ -289,7 +277,8 @@ async def run_case(meters: int, factor: float, seed: int, out: Path, *, profile:
                            "factor": factor, "profiled": profile}
     try:
         for _ in range(3):
-            sim, module_pty, summary_pty = _start_sim(out, common)
+            sim, module_pty, summary_pty = start_simulator(out / "district.yaml",
+                                                            out / "simulator.log", common)
             procs.append(sim)
             if module_pty is not None and _port_opens(module_pty):
                 break

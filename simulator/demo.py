@@ -102,6 +102,24 @@ control:
 """
 
 
+def start_simulator(scenario: Path, log_path: Path, args: list[str]
+                    ) -> tuple[subprocess.Popen[str], str | None, str | None]:
+    """``concentrator-sim serve SCENARIO ARGS``; returns it and the module and summary-meter
+    ptys it prints (None when it did not start)."""
+    sim = subprocess.Popen([str(BIN / "concentrator-sim"), "serve", str(scenario), *args],
+                           stdout=subprocess.PIPE, stderr=open(log_path, "a"),  # noqa: SIM115
+                           text=True)
+    module_pty = summary_pty = None
+    assert sim.stdout is not None
+    for _ in range(3):
+        line = sim.stdout.readline()
+        if line.startswith("module:"):
+            module_pty = line.split()[1]
+        elif line.startswith("summary meter:") and "/dev/" in line:
+            summary_pty = line.split()[2]
+    return sim, module_pty, summary_pty
+
+
 def stop_processes(procs: list[subprocess.Popen[Any]], timeout: float) -> None:
     """SIGTERM the processes newest first (the daemon before the simulator, so the module
     port does not vanish under it), killing any that does not stop within ``timeout``."""
@@ -153,19 +171,9 @@ async def run_demo(meters: int, channel: str, factor: float, out: Path, seed: in
                            clock=_DistrictClock(start, epoch, factor))
     port = await master.start("127.0.0.1", 0)
     common = ["--time-factor", str(factor), "--epoch", repr(epoch), "--start", start.isoformat()]
-    sim = subprocess.Popen([str(BIN / "concentrator-sim"), "serve", str(scen_path), *common],
-                           stdout=subprocess.PIPE, stderr=open(out / "simulator.log", "w"),
-                           text=True)
+    sim, module_pty, summary_pty = start_simulator(scen_path, out / "simulator.log", common)
     procs = [sim]
     try:
-        module_pty = summary_pty = None
-        assert sim.stdout is not None
-        for _ in range(3):
-            line = sim.stdout.readline()
-            if line.startswith("module:"):
-                module_pty = line.split()[1]
-            elif line.startswith("summary meter:") and "/dev/" in line:
-                summary_pty = line.split()[2]
         if module_pty is None:
             print("simulator did not start; see", out / "simulator.log")
             return 1
