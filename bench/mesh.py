@@ -10,6 +10,7 @@ recompute, one link change). Prints the figures and writes ``bench/mesh.json``.
 
     .venv/bin/python bench/mesh.py --quick     # 200 meters, street, hplc + npl
     .venv/bin/python bench/mesh.py             # 200 / 1,000 / 2,040, street + feeder
+    .venv/bin/python bench/mesh.py --case 1000:street:hplc --out /tmp/m.json   # one district
 """
 
 from __future__ import annotations
@@ -187,10 +188,14 @@ def _route_timing() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="200 meters, street, hplc and npl")
+    ap.add_argument("--case", action="append", default=[], metavar="N:LAYOUT:CHANNEL",
+                    help="one district only, e.g. 1000:street:hplc (repeatable)")
     ap.add_argument("--out", default=str(HERE / "mesh.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    if args.quick:
+    if args.case:
+        cases = [(int(n), lay, ch) for n, lay, ch in (c.split(":") for c in args.case)]
+    elif args.quick:
         cases = [(200, "street", "hplc"), (200, "street", "npl")]
     else:
         cases = [(n, lay, ch) for n in (200, 1000, 2040) for lay in ("street", "feeder")
