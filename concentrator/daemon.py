@@ -115,6 +115,7 @@ class Daemon:
         self._event_waiters: set[asyncio.Event] = set()
         self._stop: asyncio.Event | None = None
         self._formed: asyncio.Event | None = None
+        self._master_fault_min = -1
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -247,13 +248,41 @@ class Daemon:
     # --- loops ---------------------------------------------------------------------------
 
     async def _beats(self, tasks: dict[str, asyncio.Task[Any]], stop: asyncio.Event) -> None:
+        master_seen = self.clock.monotonic()
         while not stop.is_set():
             for name in ("serial", "scheduler", "store", "uplink"):
                 if not tasks[name].done():
                     self.watchdog.beat(name)
                 else:
                     self.faults.fail(f"loop {name}", "stopped; watchdog will restart the daemon")
+            master_seen = self._check_master(master_seen)
             await asyncio.sleep(BEAT_PERIOD_S)
+
+    def _check_master(self, seen: float) -> float:
+        """List the master station as a fault while no session has been logged in for two
+        heartbeat periods (how a master station itself counts a terminal offline); readings
+        wait in the outbox meanwhile, so the field engineer sees why the master has no data."""
+        now = self.clock.monotonic()
+        if self.uplink is not None and self.uplink.logged_in:
+            self.faults.recovered("master station")
+            self._master_fault_min = -1
+            return now
+        limit = max(60.0, 2 * self.config.uplink.heartbeat_period)
+        minutes = int((now - seen) // 60)
+        if now - seen >= limit and minutes != self._master_fault_min:
+            # Once a minute: the outbox count is a query, and beats come every 5 s.
+            self._master_fault_min = minutes
+            waiting = None
+            if self.store is not None:
+                with contextlib.suppress(Exception):
+                    waiting = self.store.stats().outbox_depth
+            self.faults.fail("master station",
+                             f"not logged in for {minutes} min "
+                             f"({self.config.uplink.primary}"
+                             + (f", backup {self.config.uplink.backup}"
+                                if self.config.uplink.backup else "")
+                             + f"); {waiting if waiting is not None else 'unknown'} rows waiting")
+        return seen
 
     async def _schedule_loop(self) -> None:
         # Rounds start once the network has formed (or was restored): a round opened on an

@@ -50,3 +50,31 @@ def test_two_days_of_the_daemon_deliver_every_daily_freeze_once_and_true(tmp_pat
             else:
                 # DL/T 645-1997 meters have no daily freeze: the register read at 00:05 stands in.
                 assert 0 <= Decimal(value["total"]) - true_freeze(meter, day) < 1, (meter, day)
+
+
+def test_an_unreachable_master_is_listed_in_status_faults_until_it_is_back(tmp_path):
+    # A field engineer asking `concentrator status` why the master has no data must see the
+    # master station as a fault (with the backlog), and not after it has come back.
+    scenario = generate(10, "street", 5, channel="hplc", events=False)
+
+    async def main() -> tuple[dict, dict, dict]:
+        async with VirtualDaemon(scenario, tmp_path) as vd:
+            d = vd.daemon
+            await vd.until(lambda: d.uplink is not None and d.uplink.logged_in, 600)
+            await vd.master_down()
+            await asyncio.sleep(300)  # one heartbeat period: not yet a fault
+            early = await d._h_status({})
+            await asyncio.sleep(900)
+            down = await d._h_status({})
+            await vd.master_up()
+            await vd.until(lambda: d.uplink.logged_in, 1800)
+            await asyncio.sleep(10)
+            back = await d._h_status({})
+            return early, down, back
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        early, down, back = runner.run(main())
+    assert "master station" not in early["faults"]
+    assert "master station" in down["faults"]
+    assert "rows waiting" in down["faults"]["master station"]
+    assert "master station" not in back["faults"]
