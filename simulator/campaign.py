@@ -759,6 +759,11 @@ async def scenario_disk(out: Path, epoch: float, factor: float, full_s: float = 
         ev = await c.request("events", {}) or {"events": []}
         row["store_full_events"] = sum(1 for e in ev["events"]
                                        if e["data"].get("fault") == "store_full")
+        # The store evicts its oldest days above the cap's high water before SQLite is full:
+        # that eviction event is the alarm when the daemon's own writes still fit.
+        row["size_cap_events"] = sum(1 for e in ev["events"]
+                                     if e["data"].get("fault") == "evicted"
+                                     and e["data"].get("reason") == "size_cap")
         row = await _finish(c, [day], row)
         # Corruption: a clean stop, pages overwritten, a start: detected, moved aside, an event.
         await c.stop_daemon()

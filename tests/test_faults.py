@@ -80,9 +80,11 @@ def test_module_port_vanishing_and_module_garbage_lose_nothing(rows):
 def test_store_full_degrades_with_an_alarm_and_recovers_then_corruption_starts_fresh(rows):
     row = rows["disk"]
     assert row["alive_while_full"]
-    # Not asserted: the store-full alarm. The harness fills the file with its own connection and
-    # SQLite's max_page_count is per connection, so the daemon's writes may meet no full disk
-    # (its size cap evicts instead); the store's own SQLITE_FULL path is tested in test_store.py.
+    # The alarm: either SQLite refused a write (store_full, recorded once room returns) or the
+    # store evicted its oldest days to stay under the cap first (an ERC 21 size-cap eviction,
+    # which is what a 20-meter round usually meets). The SQLITE_FULL path on its own is tested
+    # in test_store.py.
+    assert row["store_full_events"] + row["size_cap_events"] >= 1, "a full store raised no alarm"
     _delivered_exactly_once(row)
     assert len(row["moved_aside"]) == 1, "the corrupt store was not moved aside"
     assert row["corrupt_events"] == 1, "no store-corrupt event in the fresh store"
