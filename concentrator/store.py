@@ -639,6 +639,9 @@ class Store:
         self._last_prune_day: date | None = None
         self._in_housekeeping = False  # prune/evict run their own batches: no re-entry
         self._closed = False
+        # Bumped on every line-loss write or deletion, so the uplink's idle poll can tell
+        # "nothing new" without querying each day (it polls every few seconds, all day).
+        self.line_loss_version = 0
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
 
     # --- opening and closing ----------------------------------------------------------------
@@ -1219,6 +1222,7 @@ class Store:
             raise StoreError("line loss needs summary and customer energy")
         with self._tx():
             self._x("INSERT OR REPLACE INTO line_loss VALUES (?,?,?,?,?,?)", row)
+            self.line_loss_version += 1
         log.info("line loss %s: %s%% (%d/%d meters)", day, row[3], row[4], row[5])
 
     def line_loss(self, day: date) -> LineLoss | None:
@@ -1407,6 +1411,7 @@ class Store:
             ("DELETE FROM read_rounds WHERE start < ?", b),
         ):
             rows += self._x(sql, (cut,)).rowcount
+        self.line_loss_version += 1
         return rows, unsent
 
     def _record_eviction(self, report: PruneReport) -> None:

@@ -287,6 +287,24 @@ async def test_outbox_upload_reaches_the_master_exactly_once(tmp_path, window):
     assert loss["loss_pct"] == "4.0" and loss["customer_energy"] == "480.2500"
 
 
+async def test_a_corrected_line_loss_is_uploaded_again_and_an_unchanged_one_is_not(tmp_path):
+    # A meter read late changes yesterday's customer energy: the master must get the new line
+    # loss (the upload loop's "nothing new" shortcut must notice the store's write).
+    store = make_store(tmp_path)
+    fill(store, 5, curves=False)
+    async with master_at(tmp_path) as m:
+        async with running(make_client(store, m.port)):
+            await until(lambda: m.upload_summary()["line_loss_days"] == 1)
+            await until(lambda: store.outbox_stats().depth == 0)
+            await asyncio.sleep(0.5)
+            frames = m.frames_received
+            store.write_line_loss(LineLoss(DAY, D("500.5"), D("480.25"), D("4.0"), 5, 5))
+            await asyncio.sleep(0.6)  # three idle polls: the same figures are not re-sent
+            assert m.frames_received == frames
+            store.write_line_loss(LineLoss(DAY, D("500.5"), D("490.25"), D("2.0"), 5, 5))
+            await until(lambda: any(x["loss_pct"] == "2.0" for x in m.line_losses()))
+
+
 async def test_window_limits_the_unconfirmed_frames(tmp_path):
     store = make_store(tmp_path)
     fill(store, 40)

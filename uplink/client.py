@@ -311,6 +311,9 @@ class UplinkClient:
         self._pseq = 0
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._ll_confirmed = 0  # line-loss confirmations so far (part of the pending cache key)
+        self._ll_key: tuple[Any, ...] | None = None
+        self._ll_pending: list[tuple[LineLoss, str]] = []
         self._session: _Session | None = None
         self.upload_enabled = True
         self.events = EventPointers(store, self.options.important_ercs)
@@ -434,8 +437,14 @@ class UplinkClient:
 
     def line_loss_pending(self) -> list[tuple[LineLoss, str]]:
         """Line loss of recent days not yet confirmed as it is now (with its fingerprint)."""
-        sent = self.store.kv_get(_KV_LINE_LOSS, {}) or {}
         today = self.clock.now().date()
+        # The upload loop asks on every wake and idle poll; the answer only changes when the
+        # store writes or prunes line loss, a confirmation lands, or the day turns.
+        version = getattr(self.store, "line_loss_version", None)
+        key = (today, version, self._ll_confirmed)
+        if version is not None and key == self._ll_key:
+            return list(self._ll_pending)
+        sent = self.store.kv_get(_KV_LINE_LOSS, {}) or {}
         out = []
         for d in range(self.options.line_loss_days, -1, -1):
             ll = self.store.line_loss(today - timedelta(days=d))
@@ -444,13 +453,15 @@ class UplinkClient:
             fp = f"{ll.summary_energy}|{ll.customer_energy}|{ll.loss_pct}|{ll.meters_covered}"
             if sent.get(ll.day.isoformat()) != fp:
                 out.append((ll, fp))
-        return out
+        self._ll_key, self._ll_pending = key, out
+        return list(out)
 
     def line_loss_confirmed(self, day: date, fp: str) -> None:
         sent = dict(self.store.kv_get(_KV_LINE_LOSS, {}) or {})
         sent[day.isoformat()] = fp
         keep = sorted(sent)[-(self.options.line_loss_days + 2):]
         self.store.kv_set(_KV_LINE_LOSS, {k: sent[k] for k in keep})
+        self._ll_confirmed += 1
 
 
 class _Session:
