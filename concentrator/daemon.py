@@ -399,7 +399,8 @@ class Daemon:
         while not stop.is_set():
             await asyncio.sleep(60.0)
             try:
-                self.store.prune()
+                if self.store.prune_due():
+                    self.store.prune()
                 if scfg.backup_path and self.clock.monotonic() - last_backup >= scfg.backup_period:
                     self.store.backup(scfg.backup_path)
                     last_backup = self.clock.monotonic()

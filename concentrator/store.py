@@ -1437,6 +1437,11 @@ class Store:
             return today
         return min(today, date.fromisoformat(newest))
 
+    def prune_due(self) -> bool:
+        """Whether today's age pruning has not run yet (it runs once a day: an empty pruning
+        transaction every minute would cost the flash a sync for nothing)."""
+        return self._last_prune_day != self._clock.now().date()
+
     def prune(self) -> PruneReport:
         """Delete data older than the retention periods; unsent losses become an ERC 21 event."""
         self._last_prune_day = self._clock.now().date()

@@ -417,6 +417,17 @@ def test_age_retention_counts_data_evicted_before_upload(path, clock):
         s.close()
 
 
+def test_age_pruning_is_due_once_a_day_not_on_every_call(store, clock):
+    # The daemon's store loop asks every minute; each pruning is a synced transaction on flash.
+    assert not store.prune_due()  # opening the store pruned today's
+    clock.t += timedelta(hours=20)
+    assert not store.prune_due()
+    clock.t = datetime.combine(TODAY + timedelta(days=1), datetime.min.time())
+    assert store.prune_due()
+    store.prune()
+    assert not store.prune_due()
+
+
 def test_wall_clock_jumping_years_ahead_does_not_wipe_the_store(path, clock):
     s = Store.open(path, clock=clock)
     try:
