@@ -15,6 +15,7 @@ The sections (documented key by key in ``config/concentrator.yaml``):
 ``mesh``        relay depth, unknown-node policy, node silence timeout, active probing.
 ``reading``     daily frozen window, back-fill days, load-curve density, clock check, real time.
 ``lineloss``    the line-loss alarm threshold.
+``clock``       setting a far-off meter's clock with a password-protected write (0x14).
 ``store``       SQLite store: path, size cap, retention, backup.
 ``uplink``      master stations (primary, backup), heartbeat, login retry, backoff, TLS, MQTT.
 ``archive``     optional list of meters known in advance (the master may also supply it).
@@ -54,6 +55,7 @@ __all__ = [
     "MeshConfig",
     "ReadingConfig",
     "LineLossConfig",
+    "ClockConfig",
     "StoreConfig",
     "HostPort",
     "TlsConfig",
@@ -225,6 +227,20 @@ class ReadingConfig:
     realtime_period: float = 0.0  # seconds between real-time rounds; 0 = on demand only
 
 
+# DL/T 645-2007 meters take a broadcast time sync (0x08) only within +-5 minutes.
+BROADCAST_LIMIT_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockConfig:
+    """``clock``: see concentrator/meter_clock.py."""
+
+    # write a meter's date and time (0x14, its password from the key store) when its clock is
+    # off by more than write_beyond_s; meters without a password are never written
+    write_enabled: bool = True
+    write_beyond_s: float = BROADCAST_LIMIT_S  # within this, the broadcast time sync does
+
+
 @dataclass(frozen=True, slots=True)
 class LineLossConfig:
     alarm_threshold: float = 10.0  # percent of the summary meter's energy
@@ -350,6 +366,7 @@ class Config:
     control: ControlConfig
     security: SecurityConfig = field(default_factory=SecurityConfig)
     prepay: PrepayConfig = field(default_factory=PrepayConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
 
 # --- the checking reader -------------------------------------------------------------------------
@@ -687,6 +704,18 @@ def _lineloss(s: _Section) -> LineLossConfig:
     return out
 
 
+def _clock(s: _Section) -> ClockConfig:
+    d = ClockConfig()
+    out = ClockConfig(
+        write_enabled=s.boolean("write_enabled", d.write_enabled),
+        # Beyond 300 s a broadcast no longer corrects the meter, so a larger value would leave
+        # the meters in between uncorrected.
+        write_beyond_s=s.duration("write_beyond_s", d.write_beyond_s, lo=1, hi=BROADCAST_LIMIT_S),
+    )
+    s.finish()
+    return out
+
+
 def _store(s: _Section, state: Path) -> StoreConfig:
     d = StoreConfig(path=state / "concentrator.db")
     out = StoreConfig(
@@ -788,7 +817,7 @@ def _control(s: _Section, runtime: Path, state: Path) -> ControlConfig:
 
 
 _TOP_KEYS = ("paths", "terminal", "module", "summary_meter", "mesh", "reading", "lineloss",
-             "store", "uplink", "archive", "logging", "control", "security", "prepay")
+             "store", "uplink", "archive", "logging", "control", "security", "prepay", "clock")
 
 
 def parse(data: Any, source: str = "<config>") -> Config:
@@ -813,6 +842,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         control=_control(top.sub("control"), paths.runtime, paths.state),
         security=_security(top.sub("security"), paths.etc),
         prepay=_prepay(top.sub("prepay")),
+        clock=_clock(top.sub("clock")),
     )
     top.finish()
     if issues:

@@ -36,6 +36,7 @@ from concentrator.clock import Clock
 from concentrator.config import Config
 from concentrator.control import CommandError, ControlServer, StreamResult, audit_handler
 from concentrator.keystore import FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore
+from concentrator.meter_clock import MeterClock
 from concentrator.notify import Notifier, Watchdog
 from concentrator.prepay import (
     ControlTicket,
@@ -146,7 +147,9 @@ class Daemon:
         self.reader = Reader(self, self.store, self.clock, default_tasks(cfg.reading),
                              max_concurrent=1, summary=None, route_of=self._route_of,
                              broadcaster=self._broadcast,
-                             lineloss_threshold=cfg.lineloss.alarm_threshold)
+                             lineloss_threshold=cfg.lineloss.alarm_threshold,
+                             meter_clock=MeterClock(cfg.clock, self._keys, self.clock,
+                                                    audit=audit, kv=self.store))
         self.uplink = UplinkClient(cfg.uplink, gdw13761.Address(cfg.terminal.district,
                                                                 cfg.terminal.address),
                                    self.store, _Services(self), self.clock,

@@ -76,6 +76,13 @@ __all__ = [
     "parse_remote_control",
     "control_reply",
     "write_request",
+    "WriteRequest",
+    "parse_write_request",
+    "clock_write_request",
+    "parse_write_reply",
+    "DI_CLOCK_DATE",
+    "DI_CLOCK_TIME",
+    "DI_CLOCK_DATETIME",
     "read_request_1997",
     "read_reply_1997",
     "describe",
@@ -1043,6 +1050,59 @@ def write_request(address: str, di: int, value_bytes: bytes, *, password: str = 
     """Write data (0x14): DI + PA P0 P1 P2 + C0..C3 + value (§1.10)."""
     data = _di_bytes(di) + _password_wire(password) + _printed_to_wire(operator, 4, "operator code")
     return Dlt645Frame(address, _F_WRITE, data + bytes(value_bytes), preamble)
+
+
+# The meter's clock as written with 0x14 (§1.7): date + weekday, time, or both in one write
+# (04 00 01 0C: not every meter has it; the others take 01 then 02).
+DI_CLOCK_DATE, DI_CLOCK_TIME, DI_CLOCK_DATETIME = 0x04000101, 0x04000102, 0x0400010C
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A decoded write-data request (0x14)."""
+
+    di: int
+    password: str  # PA + P2 P1 P0 as printed, level first: "02000000"
+    operator: str  # C3 C2 C1 C0 as printed
+    value: bytes  # the value bytes after the operator code, offset removed
+
+
+def parse_write_request(frame: Dlt645Frame) -> WriteRequest:
+    """Decode a 0x14 request (raises DataUnitError on a reply or a payload under 12 bytes)."""
+    d = frame.data
+    if frame.function != _F_WRITE or frame.is_reply:
+        raise DataUnitError(f"control {frame.control:02X} is not a write-data request")
+    if len(d) < 12:
+        raise DataUnitError(f"write data needs DI, password and operator (12 bytes), got {len(d)}")
+    password = f"{d[4]:02X}" + d[5:8][::-1].hex().upper()
+    return WriteRequest(int.from_bytes(d[:4], "little"), password, d[8:12][::-1].hex().upper(),
+                        d[12:])
+
+
+def clock_write_request(address: str, when: datetime, *, di: int = DI_CLOCK_DATETIME,
+                        password: str = "02000000", operator: str = "00000000",
+                        preamble: int = 4) -> Dlt645Frame:
+    """Write the meter's clock (0x14): ``di`` is 04 00 01 0C (date, weekday and time),
+    04 00 01 01 (date and weekday only) or 04 00 01 02 (time only); the weekday is computed
+    from ``when``, seconds are truncated. Raises EncodeError for another DI or a bad value."""
+    if di not in (DI_CLOCK_DATE, DI_CLOCK_TIME, DI_CLOCK_DATETIME):
+        raise EncodeError(f"{format_di(di)} is not a clock data identifier")
+    if not isinstance(when, datetime):
+        raise EncodeError(f"clock write needs a datetime, got {type(when).__name__}")
+    return write_request(address, di, encode_value(di, when), password=password,
+                         operator=operator, preamble=preamble)
+
+
+def parse_write_reply(frame: Dlt645Frame) -> ErrorBits | None:
+    """The outcome a meter gives a write (0x14): None when it accepted it (normal reply 0x94,
+    no data), else the ERR bits of its error reply 0xD4 (``ErrorBits.PASSWORD``: wrong
+    password or not authorised). Raises DataUnitError when the frame answers no write."""
+    if not frame.is_reply or frame.function != _F_WRITE:
+        raise DataUnitError(f"control {frame.control:02X} is not a reply to a write")
+    if frame.is_error:
+        bits = frame.error_bits
+        return bits if bits is not None else ErrorBits(0)
+    return None
 
 
 def read_request_1997(address: str, di16: int, *, preamble: int = 4) -> Dlt645Frame:

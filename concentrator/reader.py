@@ -29,6 +29,12 @@ Retries of a single read are the mesh's business: ``exchange`` tries the alterna
 * **Summary meter and line loss**: the daily frozen round also reads the district summary
   meter (its own RS-485 port, ``summary_meter.SummaryMeter``) and then computes the line loss of
   the previous day (``lineloss.update_day``).
+* **Meter clocks**: the clock task reads each meter's clock; a drift above the task's threshold
+  is an ERC 12 event and, within ``clock.write_beyond_s`` (at most ±5 min), joins the broadcast
+  time sync (0x08) sent after the round. Given a ``meter_clock.MeterClock``, a meter further
+  off has its date and time written (0x14, password from the key store, at most once a day)
+  and read back, and the event records the drift before and after.
+
 
 Outcomes of a meter in a round (``MeterResult.outcome``): ``ok``; ``no_reply:<why>`` (the mesh
 found no working route; ``why`` is its failure reason); ``bad_frame`` (undecodable, another
@@ -446,6 +452,7 @@ class Reader:
         on_round: Callable[[RoundReport], None] | None = None,
         adaptive: bool = False,
         pace_s_per_level: float = PACE_S_PER_LEVEL,
+        meter_clock: Any = None,
     ) -> None:
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
@@ -461,6 +468,8 @@ class Reader:
         self.lineloss_threshold = float(lineloss_threshold)
         self.batch_size = max(1, int(batch_size))
         self.on_round = on_round
+        #: ``meter_clock.MeterClock``: writes far-off meters' clocks (None: broadcast only)
+        self.meter_clock = meter_clock
         self._slots = _Slots(self.max_concurrent)
         #: lower the in-flight limit when a first route fails, raise it after successes
         self.adaptive = bool(adaptive)
@@ -1229,29 +1238,54 @@ class Reader:
     async def _clock_job(self, ctx: _RoundCtx, meter: str, protocol: int) -> _Job:
         job = _Job(meter)
         dis = (DI97_DATE, DI97_TIME) if protocol == 1997 else (DI_DATE, DI_TIME)
-        d = job.add(await self.read_item(meter, dis[0], protocol))
-        if not d.ok:
-            return job.fail(d)
-        t = job.add(await self.read_item(meter, dis[1], protocol))
-        if not t.ok:
-            return job.fail(t)
-        if d.value is None:
-            return job.fail(ItemRead(None, BAD_FRAME, t.exchanged, "meter date is zero"))
-        meter_time = datetime.combine(d.value, t.value)
-        # The time was read about half the exchange's latency before its reply arrived.
-        lat = t.exchanged.latency_s if t.exchanged is not None else 0.0
-        drift = (meter_time - (self.clock.now() - timedelta(seconds=lat / 2))).total_seconds()
-        # Around midnight the date and time may straddle the day change.
-        if drift > 43200:
-            drift -= 86400
-        elif drift < -43200:
-            drift += 86400
+
+        async def measure() -> tuple[float | None, float, ItemRead | None]:
+            """(drift in seconds or None, latency of the time read, the read that failed)."""
+            d = job.add(await self.read_item(meter, dis[0], protocol))
+            if not d.ok:
+                return None, 0.0, d
+            t = job.add(await self.read_item(meter, dis[1], protocol))
+            if not t.ok:
+                return None, 0.0, t
+            if d.value is None:
+                return None, 0.0, ItemRead(None, BAD_FRAME, t.exchanged, "meter date is zero")
+            meter_time = datetime.combine(d.value, t.value)
+            # The time was read about half the exchange's latency before its reply arrived.
+            lat = t.exchanged.latency_s if t.exchanged is not None else 0.0
+            drift = (meter_time - (self.clock.now() - timedelta(seconds=lat / 2))).total_seconds()
+            # Around midnight the date and time may straddle the day change.
+            if drift > 43200:
+                drift -= 86400
+            elif drift < -43200:
+                drift += 86400
+            return drift, lat, None
+
+        drift, lat, failed = await measure()
+        if drift is None:
+            assert failed is not None
+            return job.fail(failed)
         job.extra["drift_s"] = drift
         if abs(drift) > ctx.task.threshold_s:
-            ctx.drifting[meter] = drift
-            job.writes.append(("event", (ERC_METER_CLOCK, meter, {
-                "drift_s": round(drift, 1), "threshold_s": ctx.task.threshold_s},
-                self.clock.now())))
+            detail: dict[str, Any] = {"drift_s": round(drift, 1),
+                                      "threshold_s": ctx.task.threshold_s}
+            fix = None
+            if self.meter_clock is not None:
+                # Beyond the broadcast's reach the meter's clock is written (meter_clock.py).
+                async def send(request: bytes) -> tuple[bytes | None, float]:
+                    ex = await self._exchange(meter, request, False)
+                    job.add(ItemRead(None, OK, ex))
+                    return ex.reply, ex.latency_s
+
+                async def reread() -> float | None:
+                    return (await measure())[0]
+
+                fix = await self.meter_clock.correct(meter, protocol, drift, ctx.task.threshold_s,
+                                                     latency_s=lat, send=send, reread=reread)
+                detail.update(fix.event_detail())
+                job.extra["clock_fix"] = fix
+            if fix is None or fix.broadcast:
+                ctx.drifting[meter] = drift
+            job.writes.append(("event", (ERC_METER_CLOCK, meter, detail, self.clock.now())))
             log.info("meter %s: clock off by %.0f s", meter, drift)
         return job
 

@@ -377,6 +377,9 @@ class MeterData:
         """The meter's clock is set to ``meter_time`` at true time t (time sync from the concentrator)."""
         md = self._get(addr)
         off = (meter_time - self.scenario.start).total_seconds() - t
+        # Two settings at the same instant (a date write, then a time write): the later wins,
+        # whereas insort alone would order them by offset.
+        md.clock_sets = [s for s in md.clock_sets if s[0] != t]
         bisect.insort(md.clock_sets, (t, off))
         log.info("meter %s clock set at t=%.0f, error was %.1f s", addr, t,
                  self._clock_s(md, t - 1e-6) - t)

@@ -37,7 +37,9 @@ import click
 
 from concentrator import dlt645
 from concentrator.archive import primary_relays, register_found
-from concentrator.config import MeshConfig
+from concentrator.config import ClockConfig, MeshConfig
+from concentrator.keystore import MemoryKeyStore, MeterPassword
+from concentrator.meter_clock import MeterClock
 from concentrator.reader import Reader, RoundReport
 from concentrator.store import Store
 from concentrator.summary_meter import SummaryMeter
@@ -46,6 +48,7 @@ from mesh.engine import Mesh
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
 from simulator.district import SimDistrict
+from simulator.meters import DEFAULT_PASSWORD
 from simulator.module import COMM_MODE
 from simulator.scenario import CHANNELS, Scenario
 from simulator.vtime import VirtualTimeLoop
@@ -93,6 +96,16 @@ def _reachable(district: SimDistrict, meters: list[str], t: float,
 def _make_mesh(driver: ModuleDriver, root: str, clock: Any, store: Store) -> Mesh:
     # From an empty archive every node found is admitted (and still reported as unknown).
     return Mesh(driver, Topology(root), clock=clock, config=MeshConfig(), db=store)
+
+
+def _sim_keys(scenario: Scenario) -> MemoryKeyStore:
+    """The simulated meters' password (they all keep the default) for every meter, so the
+    clock task writes far-off meters' clocks as the daemon does."""
+    keys = MemoryKeyStore()
+    pwd = MeterPassword(int(DEFAULT_PASSWORD[:2], 16), DEFAULT_PASSWORD[2:])
+    for m in scenario.all_meters():
+        keys.set_meter_password(m.address, pwd)
+    return keys
 
 
 async def _maintain(mesh: Mesh, period: float) -> None:
@@ -146,7 +159,8 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
         conc = max_concurrent or driver.max_concurrent
         reader = Reader(mesh, store, clock, tasks, max_concurrent=conc, summary=summary,
                         route_of=lambda a: primary_relays(mesh, a),
-                        broadcaster=lambda b: driver.broadcast(b, control=2), on_round=on_round)
+                        broadcaster=lambda b: driver.broadcast(b, control=2), on_round=on_round,
+                        meter_clock=MeterClock(ClockConfig(), _sim_keys(scenario), clock, kv=store))
         # Day 1 of the schedule is the first day whose first task's window has not closed
         # when formation ends (a slow npl formation moves it to the next day).
         now = clock.now()
