@@ -162,6 +162,9 @@ def render_status(r: Mapping[str, Any]) -> str:
         "watchdog   " + ("ok" if wd.get("healthy", True) else
                          "STALLED: " + ", ".join(wd.get("stale") or [])),
     ]
+    # What is wrong right now, one line each (the first thing a field engineer needs).
+    lines += [f"FAULT      {kind}: {message}"
+              for kind, message in sorted((r.get("faults") or {}).items())]
     return "\n".join(lines)
 
 

@@ -366,6 +366,18 @@ def test_archive_import_checks_the_file_first(daemon, tmp_path):
     assert daemon.audit.read() == []  # nothing was sent
 
 
+def test_status_text_lists_each_fault_on_its_own_line():
+    text = cli_ctl.render_status({"faults": {
+        "master station": "not logged in for 12 min (10.0.0.1:6000); 340 rows waiting",
+        "module port": "lost: [Errno 5] Input/output error"}})
+    lines = text.splitlines()
+    assert "FAULT      master station: not logged in for 12 min (10.0.0.1:6000); 340 rows waiting" \
+        in lines
+    assert "FAULT      module port: lost: [Errno 5] Input/output error" in lines
+    assert not [ln for ln in cli_ctl.render_status({"faults": {}}).splitlines()
+                if ln.startswith("FAULT")]
+
+
 def test_renderers_tolerate_sparse_results():
     # The lead's handlers may omit optional keys; the human output must not crash.
     for render in (cli_ctl.render_status, cli_ctl.render_nodes, cli_ctl.render_node,
