@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlite_utils  # noqa: E402
 
 from concentrator import dlt645  # noqa: E402
-from mesh.engine import Mesh  # noqa: E402
+from mesh.engine import EngineTuning, Mesh  # noqa: E402
 from mesh.links import LinkEstimate, quality_prior  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 from plc_driver.driver import ModuleDriver  # noqa: E402
@@ -49,30 +49,9 @@ def _request(sc, address: str) -> bytes:
     return dlt645.encode(dlt645.read_request(address, 0x00010000))
 
 
-def _true_p(d: SimDistrict, path: tuple[str, ...], t: float) -> float:
-    p = 1.0
-    for a, b in zip(path, path[1:], strict=False):
-        p *= d.channel.p_success(a, b, REF_FRAME_BYTES, t) * d.channel.p_success(b, a, REF_FRAME_BYTES, t)
-    return p
-
-
-async def _district(meters: int, layout: str, channel: str, db_path: Path) -> dict:
-    sc = generate(meters, layout, seed=1, channel=channel, events=False)
-    d = SimDistrict(sc)
-    driver = ModuleDriver(d.module_link(), comm_mode=COMM_MODE[channel], clock=d.clock)
-    await driver.start()
-    loop = asyncio.get_running_loop()
-    t_start = d.now()
-    truth = d.truth(registers=False)
-    reach = {n["address"] for n in truth["nodes"]
-             if n["hops"] and n["collector"] is None and n["kind"] != "concentrator"}
-    db = sqlite_utils.Database(db_path, recreate=True)
-    mesh = Mesh(driver, Topology(sc.concentrator.address), clock=d.clock, db=db)
-    done = await mesh.discover()
-    topo = mesh.topology
-    found = {a for a in reach if a in topo and topo.primary(a) is not None}
-    frames = mesh.stats.searches + mesh.stats.reads
-    # Route quality against the truth's best route (fewest hops, best product).
+def _route_quality(d: SimDistrict, sc, topo: Topology, found: set[str]) -> float:
+    """Share of nodes whose primary is within 2 % of the truth's best route (fewest hops,
+    best product)."""
     t = d.now()
     best = d.routes(t)
     good = 0
@@ -84,6 +63,59 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path) -> di
         ours = _true_p(d, topo.primary(a).path, t)
         theirs = _true_p(d, (sc.concentrator.address, *best[a], a), t)
         good += ours >= theirs - 0.02
+    return round(good / max(1, rated), 4)
+
+
+def _true_p(d: SimDistrict, path: tuple[str, ...], t: float) -> float:
+    p = 1.0
+    for a, b in zip(path, path[1:], strict=False):
+        p *= d.channel.p_success(a, b, REF_FRAME_BYTES, t) * d.channel.p_success(b, a, REF_FRAME_BYTES, t)
+    return p
+
+
+def _profile(mesh: Mesh) -> list[dict]:
+    """Where discovery's simulated time went, per level: searches, their seconds, answers
+    heard, new nodes, and the searches that found nothing new (and their seconds)."""
+    levels: dict[int, dict] = {}
+    for level, _proxy, slots, secs, answers, new in mesh.stats.search_log:
+        lv = levels.setdefault(level, {"level": level, "searches": 0, "sim_s": 0.0,
+                                       "answers": 0, "new": 0, "empty": 0, "empty_sim_s": 0.0,
+                                       "slots": {}})
+        lv["searches"] += 1
+        lv["sim_s"] = round(lv["sim_s"] + secs, 1)
+        lv["answers"] += answers
+        lv["new"] += new
+        lv["slots"][str(slots)] = lv["slots"].get(str(slots), 0) + 1
+        if not new:
+            lv["empty"] += 1
+            lv["empty_sim_s"] = round(lv["empty_sim_s"] + secs, 1)
+    return [levels[k] for k in sorted(levels)]
+
+
+async def _district(meters: int, layout: str, channel: str, db_path: Path,
+                    tuning: EngineTuning | None = None) -> dict:
+    sc = generate(meters, layout, seed=1, channel=channel, events=False)
+    d = SimDistrict(sc)
+    driver = ModuleDriver(d.module_link(), comm_mode=COMM_MODE[channel], clock=d.clock)
+    await driver.start()
+    loop = asyncio.get_running_loop()
+    t_start = d.now()
+    truth = d.truth(registers=False)
+    reach = {n["address"] for n in truth["nodes"]
+             if n["hops"] and n["collector"] is None and n["kind"] != "concentrator"}
+    db = sqlite_utils.Database(db_path, recreate=True)
+    mesh = Mesh(driver, Topology(sc.concentrator.address), clock=d.clock, db=db, tuning=tuning)
+    t0 = loop.time()
+    done = await mesh.discover()
+    topo = mesh.topology
+    found = {a for a in reach if a in topo and topo.primary(a) is not None}
+    frames_formation = mesh.stats.searches + mesh.stats.reads
+    # Route quality when reading starts, then once the alternates are probed in the gaps.
+    quality_at_first_read = _route_quality(d, sc, topo, found)
+    await mesh.wait_alternates()
+    alternates_s = loop.time() - t0
+    frames = mesh.stats.searches + mesh.stats.reads
+    quality = _route_quality(d, sc, topo, found)
     # Repair: 5 % of the relays die; read every node that routed through them.
     loads = topo.loads()
     relays = sorted(loads, key=lambda r: -loads[r])
@@ -131,12 +163,17 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path) -> di
         "reachable": len(reach), "found": len(found),
         "found_share": round(len(found) / max(1, len(reach)), 4),
         "formation_sim_s": round(mesh.stats.discovery_s, 1),
+        "first_read_sim_s": round(mesh.stats.first_read_s, 1),
         "discovery_with_probing_sim_s": round(done.seconds, 1),
+        "alternates_probed_sim_s": round(alternates_s, 1),
         "searches": mesh.stats.searches, "reads": mesh.stats.reads,
+        "frames_per_node_formation": round(frames_formation / max(1, len(found)), 2),
         "frames_per_node": round(frames / max(1, len(found)), 2),
+        "route_quality_at_first_read": quality_at_first_read,
         "nodes_with_2_alternates": round(sum(len(topo.routes(a)) >= 3 for a in found)
                                          / max(1, len(found)), 4),
-        "route_quality": round(good / max(1, rated), 4),
+        "route_quality": quality,
+        "profile": _profile(mesh),
         "repair": {"dead_relays": len(dead), "affected": len(affected),
                    "sim_s": round(repair_s, 1), "not_read_first_pass": lost_first,
                    "still_unread": len(pending), "cut_off_in_truth": len(cut_off),
@@ -191,7 +228,10 @@ def main() -> None:
     ap.add_argument("--case", action="append", default=[], metavar="N:LAYOUT:CHANNEL",
                     help="one district only, e.g. 1000:street:hplc (repeatable)")
     ap.add_argument("--out", default=str(HERE / "mesh.json"))
+    ap.add_argument("--tuning", default="{}", metavar="JSON",
+                    help='EngineTuning fields to change, e.g. \'{"proxy_slices": 16}\'')
     args = ap.parse_args()
+    tuning = EngineTuning(**json.loads(args.tuning))
     logging.basicConfig(level=logging.ERROR)
     if args.case:
         cases = [(int(n), lay, ch) for n, lay, ch in (c.split(":") for c in args.case)]
@@ -205,11 +245,19 @@ def main() -> None:
     for n, lay, ch in cases:
         w = time.perf_counter()
         with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-            r = runner.run(_district(n, lay, ch, db_path))
+            r = runner.run(_district(n, lay, ch, db_path, tuning))
         r["wall_s"] = round(time.perf_counter() - w, 1)
         results.append(r)
+        for lv in r["profile"]:
+            print(f"  level {lv['level']}: {lv['searches']} searches, {lv['sim_s']} sim-s, "
+                  f"{lv['answers']} answers, {lv['new']} new, {lv['empty']} found nothing "
+                  f"({lv['empty_sim_s']} sim-s), slots {lv['slots']}")
         print(f"{lay:7} {n:5} {ch:4}: found {r['found']}/{r['reachable']}, formation "
-              f"{r['formation_sim_s'] / 60:.1f} sim-min, {r['frames_per_node']} frames/node, "
+              f"{r['formation_sim_s']} sim-s ({r['formation_sim_s'] / 60:.1f} sim-min), "
+              f"reading from {r['first_read_sim_s']} sim-s (route quality "
+              f"{r['route_quality_at_first_read']:.1%}), alternates probed by "
+              f"{r['alternates_probed_sim_s']} sim-s, {r['frames_per_node_formation']} frames/node "
+              f"in formation ({r['frames_per_node']} with the alternates), "
               f"route quality {r['route_quality']:.1%}, repair {r['repair']['sim_s']} sim-s "
               f"({r['repair']['not_read_first_pass']} of {r['repair']['affected']} not read on "
               f"the first pass, {r['repair']['still_unread']} unread, "

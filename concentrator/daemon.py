@@ -392,6 +392,11 @@ class Daemon:
 
     async def _drain_reports(self, driver: ModuleDriver) -> None:
         # The driver confirms reports itself; reports outside a search are only logged.
+        if self.mesh is not None:
+            # The mesh stands aside while it searches: a search reads its own reports (this
+            # loop took every other one, found meters included: the churn week's lost days).
+            await self.mesh.drain_reports(driver)
+            return
         async for report in driver.reports():
             log.debug("module report AFN%02X F%d", report.frame.afn, report.frame.fn)
 

@@ -11,7 +11,8 @@ is given; everything here decides *which* list.
   node or the relay depth is reached. A crowded search is stopped at the guard's answer cap
   and made again once its answers are registered; the root search also stops when a round
   brings under 1/``root_tail`` of its best; a level ends after ``empty_streak`` proxy
-  searches in a row found nothing (issue 4: 1,000-meter HPLC formation 664 -> 388 sim-s).
+  searches in a row found nothing (issue 4: 1,000-meter HPLC formation 664 -> 388 -> 305
+  sim-s).
   Every found node is registered with the module (AFN11 F1,
   with a collector's RS-485 meters) so it stays quiet in later searches. Archive meters come
   first (registered and used as proxies before unknown nodes); a node not in the master's
@@ -23,10 +24,18 @@ is given; everything here decides *which* list.
   ``mesh.guard.RogueSuspected``.
 * **Learning**: every exchange outcome goes to ``Topology.observe_path`` (the last hop's R4
   signal quality included); search reports give both directions of the proxy-node hop.
-* **Probing**: after discovery each node is probed (a cheap DL/T 645 read-address, or a short
-  read for collectors and 1997 meters) through candidate relays from its neighbourhood until it
-  has a primary and ``alternates`` alternates or the probe budget is spent; routes whose choice
+* **Probing**: once discovery has given every node its search route, ``discover`` returns and
+  reading may start; in the background (``wait_alternates()``), with at most half the
+  module's read slots, each node is probed (a cheap DL/T 645 read-address, or a short read for
+  collectors and 1997 meters) through candidate relays from its neighbourhood until it has a
+  primary and ``alternates`` alternates or the probe budget is spent; then routes whose choice
   is uncertain (``Topology.needs_probe``) are probed along the route itself.
+  ``EngineTuning.alternates_at_formation`` probes before ``discover`` returns (``probe_phases``).
+* **Search sizing**: a proxy search asks for about half as many answer slots as the last proxy
+  searches heard answers (at least ``proxy_slices``); a search stopped mid-round is followed by
+  the next only when the round's answers are over; answers already sent when a search is
+  stopped are kept; a level that runs dry is searched from its weakest-heard nodes (its edge)
+  before it ends.
 * **Exchange** (``await exchange(address, dlt645_bytes, priority=...)``): primary route first,
   alternates at once on failure; a node unreachable on every route triggers a background repair
   (probes through its neighbourhood, then a local search from its last known neighbours, which
@@ -86,6 +95,9 @@ DENY_BUSY = 9  # module busy / archive full: not the links' fault
 #: a search report this soon after the search started was queued before it (no medium carries
 #: a search round this fast): it says nothing about the time of a round
 _STALE_S = 0.05
+#: how long to wait for one more queued report after stopping a search
+_DRAIN_S = 0.01
+_SEARCH_LOG = 5000  # searches kept in ``Mesh.stats.search_log``
 
 
 # --- events (frozen: they go to the log, the store and the master station) -----------------
@@ -184,25 +196,42 @@ class ExchangeOutcome:
 class EngineTuning:
     """Engine knobs below the user-facing ``MeshConfig`` (defaults suit HPLC and NPL)."""
 
-    root_search_minutes: int = 10
+    #: narrowband: the CCO's own search finds nodes at half the cost per node of proxy
+    #: searches (no report relayed back over a hop); 10 minutes found 231 of 1,000, 20 found 894
+    root_search_minutes: int = 20
     proxy_search_minutes: int = 3
     search_retries: int = 0
     #: a search stopped at the guard's answer cap is made again (its answers registered) at
     #: most this many times in a row
     max_search_repeats: int = 4
-    #: the root search stops once a round brings under 1/root_tail of its best round
-    root_tail: int = 6
+    #: the root search stops once a round brings under 1/root_tail of its best round (hplc:
+    #: a 255-slot round of 10 s then brings under 25 nodes, which proxy searches find at
+    #: 0.3 s each; 6 -> 3: 1,000-meter hplc formation -10 s)
+    root_tail: int = 3
     #: the same for a search from a proxy (0: the module ends it)
     proxy_tail: int = 0
     #: a level ends after this many proxy searches in a row found nothing new
     empty_streak: int = 12
+    #: ... and, when it first does, its remaining proxies are searched weakest-heard first
+    #: (the level's edge) until this many more in a row found nothing (0: no edge sweep)
+    edge_sweep: int = 6
+    #: a level whose own last searches (this many, or all of them if fewer) found nothing
+    #: searches no covered proxies
+    covered_after: int = 4
     root_slices: int = 255  # random answer slots of the first search: many nodes hear the CCO
-    proxy_slices: int = 16
+    #: the fewest slots of a proxy search (see ``slots_window``): most proxies have a few
+    #: unfound neighbours, and a round costs its slots whether answered or not (1,000-meter
+    #: hplc: 16 -> 8 slots, level 2 199 -> 158 s)
+    proxy_slices: int = 8
     #: a search whose answers nearly stopped while the module keeps it going (its rounds end
     #: in collisions: more contenders than slots) is stopped after this many rounds and made
     #: again with ``congestion_factor`` times the slots, up to ``max_slices`` (the data unit's
     #: byte). 2,040-meter street: searches of 120 contenders in 16 slots ran 150 s for 64 nodes
     congestion_rounds: int = 4
+    #: a proxy search asks for about ``slots_per_answer`` slots per answer the last
+    #: ``slots_window`` proxy searches heard (0: always ``proxy_slices``)
+    slots_window: int = 4
+    slots_per_answer: float = 0.5
     congestion_factor: int = 4
     max_slices: int = 255
     #: a node heard at least this well by its proxy shares the proxy's neighbourhood: it is
@@ -215,6 +244,11 @@ class EngineTuning:
     #: hops it has (a node registered after one weak report had that hop as its only link;
     #: on a 200-meter feeder route quality 82 % with 7, 88 % with 9, formation +10 %)
     register_quality: int = 9
+    #: probe every node for its alternates before ``discover`` returns (reading waits for
+    #: it); off: only uncertain route choices are probed then (``probe_uncertain``)
+    alternates_at_formation: bool = False
+    #: seconds before each background probe for alternates (reads waiting go first)
+    gap_probe_s: float = 0.2
     alternates: int = 2
     probes_per_node: int = 6  # candidate relays tried per node when looking for alternates
     #: a primary with a hop heard below this quality (either direction) keeps looking for a
@@ -229,9 +263,57 @@ class EngineTuning:
     #: once per this many seconds
     relay_check_s: float = 600.0
     local_search_minutes: int = 2
+    #: repair searches from the live nodes around a silent node (nearest first)
+    repair_searches: int = 3
+    #: searches of one repair for all the nodes a dead relay left with no route
+    group_searches: int = 8
+    #: a read whose routes all failed looks for this many more dead relays on the routes
+    #: it moves to (one per route that breaks)
+    recover_checks: int = 2
+    #: a read of a node with no route waits this long for the repair under way
+    repair_wait_s: float = 120.0
     save_period: float = 3600.0
     #: medium recorded for search reports (the module does not say); "rf" for RF modules
     search_medium: str = "plc"
+
+
+class _SearchLock(asyncio.Lock):
+    """The engine's search lock; ``free`` is set while no search holds or waits for it.
+
+    A search reads the module's reports itself from the driver's one report queue; any other
+    reader of that queue (the daemon's drain of reports outside searches) would take every
+    other report, found nodes included. ``Mesh.drain_reports`` stands aside while this is
+    not ``free`` (found by the churn week: meters swapped in were heard by a repair search,
+    their report went to the drain and they stayed unknown for days).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
+        self.free = asyncio.Event()
+        self.free.set()
+        self.wanted = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        self.users += 1
+        self.free.clear()
+        self.wanted.set()
+        try:
+            return await super().acquire()
+        except BaseException:
+            self._left()
+            raise
+
+    def release(self) -> None:
+        super().release()
+        self._left()
+
+    def _left(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.users = 0
+            self.wanted.clear()
+            self.free.set()
 
 
 @dataclass
@@ -241,6 +323,9 @@ class _Stats:
     probes: int = 0
     found: int = 0
     discovery_s: float = 0.0
+    first_read_s: float = 0.0  # from the start of discovery until reading can start
+    #: one (level, proxy, slots, sim-s, answers, new nodes) per search, for the bench's profile
+    search_log: list[tuple[int, str, int, float, int, int]] = field(default_factory=list)
     by_level: dict[int, int] = field(default_factory=dict)
 
 
@@ -273,7 +358,7 @@ class Mesh:
         self._finder: dict[str, tuple[str, int | None]] = {}  # node -> (proxy, quality)
         self._host: dict[str, str] = {}  # RS-485 meter -> its collector
         self._registered: set[str] = set()
-        self._search_lock = asyncio.Lock()
+        self._search_lock = _SearchLock()  # also tells drain_reports to stand aside
         self._discovering = False
         #: found during discovery but heard only weakly so far: registered when discovery ends
         self._unregistered: dict[str, int] = {}
@@ -284,8 +369,13 @@ class Mesh:
         self._slice_s: float | None = None
         #: slots of a search -> the quickest first answer such a search gave (a round's length)
         self._round_s: dict[int, float] = {}
+        #: distinct answers of the last proxy searches (they size the next one's slots)
+        self._answers: list[int] = []
         self._repairs: dict[str, asyncio.Task[None]] = {}
+        self._gap_task: asyncio.Task[None] | None = None  # alternates probed after discovery
         self._relay_checked: dict[str, float] = {}  # relay -> when it was last checked
+        self._quick_repaired: dict[str, float] = {}  # node -> last inline repair (exchange)
+        self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
         self._last_save: float | None = None
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._rebuild_hosts()
@@ -375,6 +465,8 @@ class Mesh:
         t0 = loop.time()
         if archive is not None:
             self.set_archive(archive)
+        if self._gap_task is not None and not self._gap_task.done():
+            self._gap_task.cancel()  # the last discovery's probes: its nodes may be stale
         plug_and_play = not self.archive
         for addr in self.archive:
             if addr not in self.topology and addr not in self._host:
@@ -393,7 +485,14 @@ class Mesh:
         # Formation time: every node found so far has its (search) route now.
         self.stats.discovery_s = loop.time() - t0
         if self.config.probing:
-            await self.probe_phases()
+            if self.tuning.alternates_at_formation:
+                await self.probe_phases()
+            else:
+                # Reading starts now: the alternates are probed in the background with at
+                # most half the module's read slots (probe_phases() before reading held it
+                # back ~1,500 s on a 1,000-meter hplc district).
+                self._start_gap_probing()
+        self.stats.first_read_s = loop.time() - t0
         missing = self._missing_archive()
         for addr in missing:
             log.warning("mesh: archive meter %s not found by discovery", addr)
@@ -416,14 +515,27 @@ class Mesh:
             new: list[str] = []
             skipped: list[str] = []
             empty = 0  # searches in a row that found nothing new
-            for proxy in self._order_proxies(frontier):
+            queue = self._order_proxies(frontier)
+            searched_here: list[str] = []  # the level's own (uncovered) proxies searched
+            edge = False  # the rest of the level is searched from its edge, weakest first
+            while queue:
+                proxy = queue.pop(0)
                 if proxy != self.root and self._covered(proxy, searched):
                     skipped.append(proxy)
                     continue
-                if empty >= self.tuning.empty_streak and not self._missing_archive():
-                    # The level's best proxies have heard their whole neighbourhood: the rest
-                    # of the frontier lies inside the known area (169 of 175 level-3 searches
-                    # of a 1,000-meter district found nothing).
+                streak = self.tuning.edge_sweep if edge else self.tuning.empty_streak
+                if empty >= streak and not self._missing_archive():
+                    if not edge and self.tuning.edge_sweep:
+                        # The best-heard proxies lie inside the known area; the nodes still
+                        # unfound are beyond the level's edge, heard only by its weakest-heard
+                        # nodes (1,000-meter npl: 28 nodes missed when the level ended here).
+                        edge, empty = True, 0
+                        queue = self._order_proxies(queue, edge_first=True)
+                        log.info("mesh: level %d: searching from its edge", level)
+                        continue
+                    # The level's proxies have heard their whole neighbourhood: the rest of
+                    # the frontier lies inside the known area (169 of 175 level-3 searches of
+                    # a 1,000-meter district found nothing).
                     log.info("mesh: level %d: %d searches in a row found nothing, level ends",
                              level, empty)
                     break
@@ -431,10 +543,16 @@ class Mesh:
                 empty = 0 if got else empty + 1
                 new += got
                 searched.add(proxy)
+                searched_here.append(proxy)
             # Covered proxies are searched after all when the level would otherwise end the
             # discovery (a chain along a feeder runs on through them) or archive meters are
-            # still missing.
-            if skipped and (not new or self._missing_archive()):
+            # still missing; not when the level's own proxies, up to ``covered_after`` of
+            # them, found nothing in a row (1,000-meter npl: 88 more empty searches, 540 s,
+            # that found nothing either; 2,040-meter hplc level 5: 44 searches, 25 s).
+            own = len(searched_here)
+            exhausted = own > 0 and empty >= min(self.tuning.empty_streak,
+                                                 self.tuning.covered_after, own)
+            if skipped and ((not new and not exhausted) or self._missing_archive()):
                 for proxy in skipped:
                     new += await self._search_repeated(proxy, level, plug_and_play)
                     searched.add(proxy)
@@ -478,13 +596,20 @@ class Mesh:
                 out.append(addr)
         return out
 
-    def _order_proxies(self, nodes: list[str]) -> list[str]:
-        # Archive meters first; then the best-heard (the most dependable relay paths).
+    def _order_proxies(self, nodes: list[str], edge_first: bool = False) -> list[str]:
+        # Archive meters first; then the best-heard (the most dependable relay paths), or with
+        # ``edge_first`` the weakest-heard (the farthest out), no weaker than a hop worth
+        # registering, then the rest.
+        floor = self.tuning.register_quality
+
         def key(a: str) -> tuple[int, int, str]:
             node = self.topology.node(a) if a in self.topology else None
             known = node is not None and self._known(a, node.sub_meters)
             q = self._finder.get(a, (self.root, 15))[1]
-            return (0 if known else 1, -(q if q is not None else 0), a)
+            q = 0 if q is None else q
+            if edge_first:
+                return (0 if known else 1, q if q >= floor else 16 - q, a)
+            return (0 if known else 1, -q, a)
         return sorted(set(nodes), key=key)
 
     def _covered(self, proxy: str, searched: set[str]) -> bool:
@@ -493,9 +618,14 @@ class Mesh:
 
     def _congestion_wait(self, slices: int) -> float | None:
         """How long to wait for a search report before a congestion check (None: no check)."""
-        if slices not in self._round_s or slices >= self.tuning.max_slices:
+        if slices >= self.tuning.max_slices:
             return None
-        return self._round_s[slices]
+        return self._round_len(slices)
+
+    def _round_len(self, slices: int) -> float | None:
+        """A search round's length with ``slices`` slots: the quickest first answer such a
+        search gave (a module's rounds need not scale with the slots); None: unknown."""
+        return self._round_s.get(slices)
 
     def _congested(self, slices: int, t_start: float, arrivals: list[float],
                    now: float) -> bool:
@@ -509,13 +639,42 @@ class Mesh:
         """
         # A round's length: the quickest first answer of a search with these many slots (a
         # module's rounds need not scale with the slots; none known: no congestion check).
-        round_s = self._round_s.get(slices)
+        round_s = self._round_len(slices)
         if round_s is None:
             return False
         window = self.tuning.congestion_rounds * round_s
         if now - t_start < window:
             return False
         return sum(1 for t in arrivals if t > now - window) <= 1
+
+    async def _queued_reports(self) -> list[tuple[str, int | None, Any]]:
+        """The node reports already queued by the driver (a stopped search's last round)."""
+        out: list[tuple[str, int | None, Any]] = []
+        reports = self.driver.reports()
+        while True:
+            try:
+                # The module sent them before it confirmed the stop: they are queued already
+                # (a short wait only ends the loop when there are none left).
+                async with asyncio.timeout(_DRAIN_S):
+                    report = await anext(reports)
+            except (TimeoutError, StopAsyncIteration):
+                return out
+            f = report.frame
+            if f.afn == 0x06 and f.fn == 4 and report.node is not None:
+                out.append((report.node, f.info.cmd_quality if f.info else None, report))
+
+    def _proxy_slots(self) -> int:
+        """Answer slots for the next proxy search: about half the answers the last few proxy
+        searches heard (a round's best yield is at slots ~ contenders, and the contenders
+        halve by the second round), at least ``proxy_slices``."""
+        tn = self.tuning
+        if not tn.slots_window or not self._answers:
+            return tn.proxy_slices
+        want = sum(self._answers) / len(self._answers) * tn.slots_per_answer
+        slots = tn.proxy_slices
+        while slots * 2 <= want and slots * 2 <= tn.max_slices:
+            slots *= 2
+        return slots
 
     def _proxy_path(self, proxy: str) -> tuple[str, ...] | None:
         if proxy == self.root:
@@ -534,7 +693,7 @@ class Mesh:
         if minutes is None:
             minutes = tn.root_search_minutes if proxy == self.root else tn.proxy_search_minutes
         if slices is None:
-            slices = tn.root_slices if proxy == self.root else tn.proxy_slices
+            slices = tn.root_slices if proxy == self.root else self._proxy_slots()
         found: list[tuple[str, int | None, Any]] = []
         # The guard takes a search with more distinct answers than this for a flood (drops the
         # excess, verifies the rest by reads): a crowded search is stopped at the cap and
@@ -560,8 +719,12 @@ class Mesh:
             t_start = loop.time()
             arrivals: list[float] = []  # when this search's reports came in
             reports = self.driver.reports()
+            stopped = False  # the engine stopped the search (its last reports may be queued)
+            mid_round = False  # ... and not at a round's end (its answers are still due)
+            # The module starts no round past the duration, but ends the one it is in.
+            last_round = self._round_len(slices) or 0.0
             try:
-                async with asyncio.timeout(minutes * 60 + 30):
+                async with asyncio.timeout(minutes * 60 + last_round + 30):
                     while True:
                         try:
                             async with asyncio.timeout(self._congestion_wait(slices)):
@@ -580,8 +743,10 @@ class Mesh:
                                          "%d slices", proxy, len(arrivals), slices,
                                          loop.time() - t_start, self._retry_slices)
                                 self._search_cut = True
+                                stopped = True
                                 with contextlib.suppress(ModuleError):
                                     await self.driver.stop_search()
+                                mid_round = True
                                 break
                             continue
                         f = report.frame
@@ -612,6 +777,7 @@ class Mesh:
                                     and bursts[-1] * tail < max(bursts)):
                                 log.info("mesh: search from %s stopped after %d rounds (last "
                                          "brought %d)", proxy, len(bursts), bursts[-1])
+                                stopped = True
                                 with contextlib.suppress(ModuleError):
                                     await self.driver.stop_search()
                                 break
@@ -623,13 +789,37 @@ class Mesh:
                                      "register them", proxy, cap)
                             self._search_cut = True
                             self._retry_slices = slices
+                            stopped = True
                             with contextlib.suppress(ModuleError):
                                 await self.driver.stop_search()
                             break
             except TimeoutError:
                 log.warning("mesh: search from %s did not end, stopping it", proxy)
+                stopped = mid_round = True
                 with contextlib.suppress(ModuleError):
                     await self.driver.stop_search()
+            if mid_round:
+                # The nodes that heard the round's beacon answer in their slots whatever the
+                # CCO does: the next search's command and beacon would go out under those
+                # answers and be lost (npl: 255 slots are 84 s of answers; the level after a
+                # stopped root search found nothing in 12 searches). Let the round end first.
+                await asyncio.sleep(self._round_len(slices) or 0.0)
+            if stopped:
+                # The rest of the round the module reported before it took the stop is this
+                # search's too. Left queued, the next search took those answers for its own;
+                # never registered, they answered it again, and the repeats made the guard
+                # treat it as a flood and verify every new node by reads (1,000-meter HPLC:
+                # 50 of the root search's 172 s).
+                found += await self._queued_reports()
+        answers = len({a for a, _q, _r in found})
+        if self._discovering:
+            self.stats.search_log.append((level, proxy, slices,
+                                          round(loop.time() - t_start, 2), answers, 0))
+            del self.stats.search_log[:-_SEARCH_LOG]
+        if proxy != self.root and not (self._search_cut and self._retry_slices != slices):
+            # What this search heard sizes the next ones (a congested one heard too little).
+            self._answers.append(len({a for a, _q, _r in found}))
+            del self._answers[:-max(1, tn.slots_window)]
         found = await screen_search(self, proxy, path, found, slices)
         new: list[str] = []
         reg: list[tuple[str, int]] = []
@@ -656,6 +846,9 @@ class Mesh:
             reg = keep
         await self._register(reg)
         self._flush()
+        if self._discovering and self.stats.search_log \
+                and self.stats.search_log[-1][1] == proxy:
+            self.stats.search_log[-1] = (*self.stats.search_log[-1][:5], len(new))
         return new
 
     def _on_found(self, address: str, report: Any, quality: int | None, level: int,
@@ -778,6 +971,42 @@ class Mesh:
         await asyncio.gather(*(one(n.address) for n in nodes))
         await self.probe_uncertain()
 
+    def _start_gap_probing(self) -> None:
+        if self._gap_task is not None and not self._gap_task.done():
+            self._gap_task.cancel()
+        topo = self.topology
+        nodes = [n.address for n in sorted((n for n in topo.nodes()
+                                            if n.address != self.root and n.level),
+                                           key=lambda n: (n.level or 99, n.address))]
+        self._gap_task = asyncio.get_running_loop().create_task(
+            self._probe_in_gaps(nodes), name="mesh-alternates")
+
+    async def _probe_in_gaps(self, nodes: list[str]) -> None:
+        """``probe_phases`` in the background: at most half the module's read slots (the
+        rest stay with the reader; with one slot, one probe at a time), each probe after
+        ``gap_probe_s`` (a read waiting for the slot goes first); then uncertain routes; then
+        the mesh is saved."""
+        todo = list(nodes)
+
+        async def worker() -> None:
+            while todo:
+                addr = todo.pop(0)
+                if addr in self.topology and self.topology.node(addr).level:
+                    await self._find_alternates(addr, pause=self.tuning.gap_probe_s)
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, self.driver.max_concurrent
+                                                               // 2))))
+            await self.probe_uncertain()
+            self.save()
+            log.info("mesh: alternates probed for %d nodes", len(nodes))
+        except LinkClosed:
+            log.info("mesh: probing for alternates stopped, the module link closed")
+
+    async def wait_alternates(self) -> None:
+        """Wait until the background probing for alternates after discovery is done."""
+        if self._gap_task is not None:
+            await asyncio.gather(self._gap_task, return_exceptions=True)
+
     def _candidates(self, address: str, include_down: bool = False) -> list[str]:
         """Relays worth a probe for ``address``: its finder's neighbourhood, nearest level first.
 
@@ -827,9 +1056,17 @@ class Mesh:
                     return True
         return False
 
-    async def _find_alternates(self, address: str) -> None:
+    async def _find_alternates(self, address: str, pause: float = 0.0) -> None:
         topo = self.topology
         tried = 0
+        if pause:
+            real_probe = self.probe
+
+            async def probe(addr: str, relays: Iterable[str] | None = None) -> bool:
+                await asyncio.sleep(pause)
+                return await real_probe(addr, relays)
+        else:
+            probe = self.probe
         primary = topo.primary(address)
         if primary is not None and primary.relays and topo.link(self.root, address) is None \
                 and topo.link(address, self.root) is None:
@@ -838,7 +1075,7 @@ class Mesh:
             # search heard it. One direct probe settles it (on a 1,000-meter NPL street 3 of 4
             # nodes hear the CCO directly; discovery had found 1 in 5 that way).
             tried += 1
-            await self.probe(address, ())
+            await probe(address, ())
         for w in self._candidates(address):
             if len(topo.routes(address)) >= 1 + self.tuning.alternates \
                     and not self._weak_primary(address):
@@ -849,9 +1086,9 @@ class Mesh:
             if route is None or address in route.relays:
                 continue
             tried += 1
-            await self.probe(address, (*route.relays, w))
+            await probe(address, (*route.relays, w))
         if not topo.node(address).phase and topo.primary(address) is not None:
-            await self.probe(address)  # the phase comes back in the read's R3
+            await probe(address)  # the phase comes back in the read's R3
 
     async def probe_uncertain(self) -> int:
         """Probe along the routes whose choice is in doubt; returns the probes made."""
@@ -929,9 +1166,17 @@ class Mesh:
             return ExchangeOutcome(address, None, "unknown meter", None, 0, 0.0)
         primary = self.topology.primary(host)
         if primary is None:
+            # A repair under way (started when a relay was declared dead, or by an earlier
+            # read) may give it a route in a moment: waiting beats losing the read.
+            task = self._repairs.get(host)
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+            primary = self.topology.primary(host)
+        if primary is None:
             log.info("mesh: no route to %s", address)
             self._start_repair(host)
-            return ExchangeOutcome(address, None, "no route", None, 0, 0.0)
+            return ExchangeOutcome(address, None, "no route", None, 0, loop.time() - t0)
         # Alternates are worked out only once the primary has failed (and that failure has
         # been learned): most exchanges never need them, and the search was per-read CPU.
         routes = [primary]
@@ -974,8 +1219,57 @@ class Mesh:
             log.info("mesh: %s unreachable on %d routes", address, attempts)
             if failed_primary:
                 await self._check_relays(primary, None)
+            again = await self._recover(address, host, dlt645_bytes, tried)
+            if again is not None:
+                route, reply = again
+                return ExchangeOutcome(address, reply, None, route, attempts + 1,
+                                       loop.time() - t0)
             self._start_repair(host)
         return ExchangeOutcome(address, None, failure, last_route, attempts, loop.time() - t0)
+
+    async def _recover(self, address: str, host: str, frame: bytes,
+                       tried: set[tuple[str, ...]]) -> tuple[Route, bytes] | None:
+        """Every route of ``host`` failed: more reads on routes that avoid what failed (a
+        relay declared dead just moved it; a second dead relay further out is looked for
+        when that route breaks too), else after the repair under way or quick repair probes
+        (at most once per ``relay_check_s`` a node); (route, reply) when a read worked."""
+        topo = self.topology
+        for _attempt in range(1 + self.tuning.recover_checks):
+            route = topo.primary(host)
+            task = self._repairs.get(host)
+            if (route is None or route.path in tried) and task is not None \
+                    and not task.done():
+                # Its relay was just declared dead and the repair of everything behind it
+                # is under way: this read waits for it rather than being lost.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+                route = topo.primary(host)
+                if route is None or route.path in tried:
+                    return None
+            elif route is None or route.path in tried:
+                now = self._now()
+                last = self._quick_repaired.get(host)
+                if last is not None and now - last < self.tuning.relay_check_s:
+                    return None
+                self._quick_repaired[host] = now
+                ok, _probes = await self._repair_probes(host)
+                route = topo.primary(host)
+                if not ok or route is None:
+                    return None
+            tried.add(route.path)
+            result = await self._read(address, host, route.path, frame, None)
+            path_ok = self._learn(route.path, result, route)
+            self._flush()
+            if result.ok:
+                log.info("mesh: %s read via %s after its routes failed", address,
+                         list(route.relays))
+                return route, result.reply
+            if path_ok or result.deny_code != DENY_SLAVE_SILENT or not route.relays:
+                return None
+            # The new route broke as well: another relay on it may be dead (5 % of the relays
+            # of a feeder died: a meter's route crossed two of them).
+            await self._check_relays(route, None)
+        return None
 
     async def _check_relays(self, failed: Route, good: Route | None) -> None:
         """Find a dead relay behind a broken route and take it out of every route at once.
@@ -1003,8 +1297,17 @@ class Mesh:
             own = topo.primary(r)
             if own is not None and own.relays != relays[:i] and await self.probe(r, own.relays):
                 continue
+            below = [n.address for n in topo.nodes() if n.address not in (self.root, r)
+                     and (rt := topo.primary(n.address)) is not None and r in rt.relays]
             topo.mark_node_down(r)
             self._flush()
+            # Its meters with no route left are looked for at once, side by side, not each
+            # when its own read fails (issue 4: a dead relay's orphans).
+            orphans = [a for a in below if a in topo and topo.primary(a) is None]
+            if orphans:
+                log.warning("mesh: relay %s presumed dead, repairing %d nodes with no other "
+                            "route: %s", r, len(orphans), ", ".join(orphans[:8]))
+                self._start_group_repair(r, orphans, [a for a in below if a not in orphans])
             return
 
     # --- repair, replacement, ageing -------------------------------------------------------------
@@ -1016,6 +1319,24 @@ class Mesh:
                                                       name=f"mesh-repair-{host}")
         self._repairs[host] = task
 
+    def _start_group_repair(self, relay: str, orphans: list[str], siblings: list[str]) -> None:
+        """One repair for every node that dead ``relay`` left with no route (see
+        ``_repair_group``); a node with its own repair under way keeps that one."""
+        group = [a for a in orphans if a not in self._repairs or self._repairs[a].done()]
+        if not group:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._repair_group_bg(relay, group, siblings), name=f"mesh-repair-group-{relay}")
+        for a in group:
+            self._repairs[a] = task
+
+    async def _repair_group_bg(self, relay: str, orphans: list[str],
+                               siblings: list[str]) -> None:
+        try:
+            await self._repair_group(relay, orphans, siblings)
+        except LinkClosed:
+            log.info("mesh: repair behind %s stopped, the module link closed", relay)
+
     async def _repair_bg(self, host: str) -> None:
         """A background repair; the serial port closing under it ends it quietly."""
         try:
@@ -1023,49 +1344,293 @@ class Mesh:
         except LinkClosed:
             log.info("mesh: repair of %s stopped, the module link closed", host)
 
+    async def drain_reports(self, driver: ModuleDriver | None = None) -> None:
+        """Take the module reports that come outside a search (logged only), until the link
+        closes; while a search runs or waits to start, stand aside: its reports are its own
+        (see ``_SearchLock``). For the daemon's report loop."""
+        driver = driver or self.driver
+        lock = self._search_lock
+        while True:
+            await lock.free.wait()
+            get = asyncio.ensure_future(anext(driver.reports()))
+            wanted = asyncio.ensure_future(lock.wanted.wait())
+            try:
+                await asyncio.wait({get, wanted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wanted.cancel()
+                if not get.done():
+                    # A cancelled wait leaves the report in the queue for the search.
+                    get.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await get
+            if get.cancelled():
+                continue
+            try:
+                report = get.result()
+            except StopAsyncIteration:
+                return  # the link closed
+            log.info("mesh: module report AFN%02X F%d outside a search (node %s)",
+                     report.frame.afn, report.frame.fn, report.node)
+
     async def wait_repairs(self) -> None:
         """Wait for the background repairs started by failed exchanges."""
         while any(not t.done() for t in self._repairs.values()):
             await asyncio.gather(*self._repairs.values(), return_exceptions=True)
 
     async def repair(self, address: str) -> bool:
-        """Find a way back to ``address``: probe via its neighbourhood, then a local search
-        from its last known neighbours (which also finds a replacement meter)."""
+        """Find a way back to ``address``: probes via its neighbourhood (in parallel), then a
+        repair search from the live nodes around it (which also finds a replacement meter)."""
         topo = self.topology
         if address not in topo:
             return False
-        probes = 0
-        for w in self._candidates(address, include_down=True):
-            if probes >= self.tuning.repair_probes:
-                break
-            if w == self.root:
-                relays: tuple[str, ...] = ()   # straight from the CCO (the root has no route)
-            else:
-                route = topo.primary(w)
-                if route is None:
-                    continue
-                relays = (*route.relays, w)
-            probes += 1
-            if await self.probe(address, relays):
-                log.info("mesh: %s reachable again via %s", address, w)
-                self._emit(RepairDone(address, True, probes, 0))
-                return True
-        searches = 0
-        neighbours = [nb.address for nb in topo.neighbours(address)
-                      if nb.address in topo and topo.node(nb.address).status is NodeStatus.APPROVED
-                      and (nb.address == self.root or topo.primary(nb.address) is not None)]
-        for w in neighbours[:3]:
-            searches += 1
-            level = (topo.node(w).level or 0) + 1
-            new = await self._search_from(w, level, not self.archive,
-                                          minutes=self.tuning.local_search_minutes)
-            for addr in new:
-                self._replacement(address, addr, w)
-            if new and address not in topo:
-                break
+        ok, probes = await self._repair_probes(address)
+        if ok:
+            log.info("mesh: %s reachable again after %d probes", address, probes)
+            self._emit(RepairDone(address, True, probes, 0))
+            return True
+        searches = await self._repair_search(address)
         reachable = address in topo and topo.primary(address) is not None
         self._emit(RepairDone(address, reachable, probes, searches))
         return reachable
+
+    async def _repair_probes(self, address: str) -> tuple[bool, int]:
+        """Probe ``address`` through up to ``repair_probes`` candidate relays (the CCO itself
+        first when it may hear the node), ``max_concurrent`` at a time; (reachable, probes)."""
+        topo = self.topology
+        node = topo.node(address)
+        paths: list[tuple[str, ...]] = []
+        if (node.level or 99) <= 2 or topo.link(self.root, address) is not None:
+            paths.append(())  # straight from the CCO (the root has no route)
+        for w in self._candidates(address, include_down=True):
+            route = topo.primary(w)
+            if route is not None and w not in topo.presumed_dead:
+                paths.append((*route.relays, w))
+        paths = paths[:self.tuning.repair_probes]
+        if self._repair_sem is None:
+            # Shared by every repair: the orphans of a dead relay are repaired side by side.
+            self._repair_sem = asyncio.Semaphore(max(1, self.driver.max_concurrent))
+        sem = self._repair_sem
+        done = asyncio.Event()
+        made = 0
+
+        async def one(relays: tuple[str, ...]) -> bool:
+            nonlocal made
+            async with sem:
+                if done.is_set():
+                    return False
+                made += 1
+                if await self.probe(address, relays):
+                    log.info("mesh: %s answered via %s", address, list(relays) or "the CCO")
+                    done.set()
+                    return True
+                return False
+        await asyncio.gather(*(one(r) for r in paths))
+        return done.is_set() and topo.primary(address) is not None, made
+
+    def _search_proxies(self, address: str) -> list[str]:
+        """Live nodes near ``address`` to search from: its own neighbours, then the neighbours
+        of its neighbours presumed dead (a dead relay's orphans lie around it); best first."""
+        topo = self.topology
+
+        def live(w: str) -> bool:
+            if w == self.root:
+                return True
+            if w not in topo or w in topo.presumed_dead:
+                return False
+            n = topo.node(w)
+            return n.status is NodeStatus.APPROVED and topo.primary(w) is not None \
+                and address not in topo.primary(w).relays
+        out: list[str] = []
+        dead: list[str] = []
+        # Heard in a search report first (a quality): a failed probe's link is no evidence.
+        for nb in sorted(topo.neighbours(address), key=lambda nb: nb.quality is None):
+            if nb.address in topo.presumed_dead:
+                dead.append(nb.address)
+            elif live(nb.address) and nb.address not in out:
+                out.append(nb.address)
+        for d in dead:
+            for nb in topo.neighbours(d):
+                if nb.address != address and live(nb.address) and nb.address not in out:
+                    out.append(nb.address)
+        return out
+
+    async def _repair_search(self, address: str) -> int:
+        """Searches from the live nodes around silent ``address``; returns how many were made.
+
+        A node in the module's slave archive does not answer a search (1376.2 AFN11 F5), so
+        ``address`` (with a collector's meters) is deleted from it first (AFN11 F2) and added
+        back after: if it is alive it answers and its new hop gives it a route; a meter
+        swapped in at its spot answers too (``MeterReplacementFound``)."""
+        topo = self.topology
+        node = topo.node(address)
+        proxies = self._search_proxies(address)[:self.tuning.repair_searches]
+        if not proxies:
+            log.info("mesh: no live node near %s to search from", address)
+            return 0
+        pairs = [(address, 1 if node.protocol == "dlt645-1997" else 2)]
+        pairs += [(s, self.archive.get(s, 2)) for s in node.sub_meters]
+        try:
+            await self.driver.delete_slaves([a for a, _p in pairs])
+            self._registered.difference_update(a for a, _p in pairs)
+        except ModuleError as exc:
+            log.warning("mesh: %s not taken out of the module for a repair search: %s",
+                        address, exc)
+        searches = 0
+        try:
+            for w in proxies:
+                searches += 1
+                level = (topo.node(w).level or 0) + 1 if w != self.root else 1
+                log.info("mesh: repair search for %s from %s", address, w)
+                seen = topo.node(address).last_seen
+                new = await self._search_from(w, level, not self.archive,
+                                              minutes=self.tuning.local_search_minutes)
+                for _again in range(self.tuning.max_search_repeats):
+                    # Stopped early (taken for congested before its first answers came back
+                    # along a long relay path): a silent node's answer is the one wanted.
+                    if not self._search_cut:
+                        break
+                    new += await self._search_from(w, level, not self.archive,
+                                                   minutes=self.tuning.local_search_minutes,
+                                                   slices=self._retry_slices)
+                for addr in new:
+                    # Near the proxy whose report it was (a late report of an earlier search
+                    # may come in during this one).
+                    self._replacement(address, addr, self._finder.get(addr, (w, None))[0])
+                if address not in topo or new:
+                    break
+                if topo.node(address).last_seen != seen and topo.primary(address) is not None:
+                    log.info("mesh: %s heard again by the search from %s", address, w)
+                    break
+        finally:
+            if address in topo:
+                await self._register(pairs)
+        return searches
+
+    def _group_proxies(self, relay: str, orphans: list[str], siblings: list[str]) -> list[str]:
+        """Live nodes to search from for the orphans of dead ``relay``, best first.
+
+        The orphans lie around the dead relay, and so do the nodes it relayed that kept a
+        route (``siblings``) and its own live neighbours: a node scores for each orphan it
+        has a link to and for its link to the relay (heard in a search report counts more
+        than a probe's outcome), its level next to the relay's breaking ties. The CCO last.
+        """
+        topo = self.topology
+        waiting = set(orphans)
+
+        def usable(w: str) -> bool:
+            if w == self.root or w in waiting or w not in topo or w in topo.presumed_dead:
+                return False
+            n = topo.node(w)
+            route = topo.primary(w)
+            return n.status is NodeStatus.APPROVED and route is not None \
+                and relay not in route.relays and not waiting.intersection(route.relays)
+
+        score: dict[str, float] = {}
+        for a in (relay, *orphans):
+            weight = 1.0 if a == relay else 2.0
+            for nb in topo.neighbours(a):
+                if usable(nb.address):
+                    evidence = 1.0 if nb.quality is not None and not nb.down else 0.25
+                    score[nb.address] = score.get(nb.address, 0.0) + weight * evidence
+        for w in siblings:
+            if usable(w):
+                score[w] = score.get(w, 0.0) + 0.5
+        level = (topo.node(relay).level or 0) if relay in topo else 0
+
+        def key(w: str) -> tuple[float, int, str]:
+            return (-score[w], abs((topo.node(w).level or 0) - (level + 1)), w)
+        return [*sorted(score, key=key), self.root]
+
+    async def _repair_group(self, relay: str, orphans: list[str], siblings: list[str]) -> int:
+        """Bring back every node dead ``relay`` left with no route, with one set of searches.
+
+        The orphans (with a collector's meters) leave the module's slave archive together
+        (AFN11 F2: a registered node does not answer a search), then searches go out from the
+        live nodes around the relay (``_group_proxies``) until every orphan was heard again:
+        one search hears all the orphans around its proxy, where a repair per node searched
+        the same few proxies once for each orphan (a 200-meter feeder: 3 searches for each
+        of 7 orphans, all of them empty). An orphan heard again is registered at once and
+        searched from next: the orphans further out hear it better than any node left.
+        Orphans still silent after ``group_searches`` searches are repaired one by one
+        (probes, then the search that finds a meter replaced at the spot). Returns the
+        searches made.
+        """
+        topo = self.topology
+        tn = self.tuning
+        waiting = [a for a in orphans if a in topo and topo.primary(a) is None]
+        if not waiting:
+            return 0
+        pairs: dict[str, tuple[str, int]] = {}
+        for a in waiting:
+            node = topo.node(a)
+            pairs[a] = (a, 1 if node.protocol == "dlt645-1997" else 2)
+            for sub in node.sub_meters:
+                pairs[sub] = (sub, self.archive.get(sub, 2))
+        try:
+            await self.driver.delete_slaves(list(pairs))
+            self._registered.difference_update(pairs)
+        except ModuleError as exc:
+            log.warning("mesh: nodes behind %s not taken out of the module for a repair "
+                        "search: %s", relay, exc)
+        seen = {a: topo.node(a).last_seen for a in waiting}
+        queue = self._group_proxies(relay, waiting, siblings)
+        searched: set[str] = set()
+        searches = 0
+        log.info("mesh: repair of %d nodes behind %s: searching from %s", len(waiting), relay,
+                 ", ".join(queue[:tn.group_searches]))
+        try:
+            while queue and waiting and searches < tn.group_searches:
+                w = queue.pop(0)
+                if w in searched or (w != self.root and (w not in topo
+                                                         or topo.primary(w) is None)):
+                    continue
+                searched.add(w)
+                searches += 1
+                level = (topo.node(w).level or 0) + 1 if w != self.root else 1
+                # Slots for the orphans still silent (they are most of the answers).
+                slices = tn.proxy_slices
+                while slices < 2 * len(waiting) and slices * 2 <= tn.max_slices:
+                    slices *= 2
+                new = await self._search_from(w, level, not self.archive,
+                                              minutes=tn.local_search_minutes, slices=slices)
+                for _again in range(tn.max_search_repeats):
+                    if not self._search_cut:
+                        break
+                    new += await self._search_from(w, level, not self.archive,
+                                                   minutes=tn.local_search_minutes,
+                                                   slices=self._retry_slices)
+                for addr in new:
+                    # A node never seen before where the relay went silent: the relay's
+                    # meter replaced at the same spot (the repair per node found it so).
+                    self._replacement(relay, addr, self._finder.get(addr, (w, None))[0])
+                heard = [a for a in waiting if a in topo and topo.node(a).last_seen != seen[a]
+                         and topo.primary(a) is not None]
+                if not heard:
+                    continue
+                log.info("mesh: search from %s heard %d of the %d nodes behind %s", w,
+                         len(heard), len(waiting), relay)
+                waiting = [a for a in waiting if a not in heard]
+                # Registered again at once (they need not answer the next search), and
+                # searched from next, best heard first.
+                back = [pairs[x] for a in heard for x in (a, *topo.node(a).sub_meters)
+                        if x in pairs]
+                await self._register(back)
+                heard.sort(key=lambda a: -self._best_quality(a))
+                queue = [a for a in heard if a not in searched] + queue
+        finally:
+            rest = [pairs[x] for a in waiting if a in topo
+                    for x in (a, *topo.node(a).sub_meters) if x in pairs]
+            await self._register(rest)
+        for a in orphans:
+            if a in topo and a not in waiting:
+                self._emit(RepairDone(a, topo.primary(a) is not None, 0, searches))
+        if waiting:
+            log.warning("mesh: %d nodes behind %s not heard by %d searches, repaired one by "
+                        "one: %s", len(waiting), relay, searches, ", ".join(waiting[:8]))
+        for a in waiting:
+            if a in topo and topo.primary(a) is None:
+                await self.repair(a)
+        return searches
 
     def _replacement(self, old: str, new: str, near: str) -> None:
         """``new`` appeared beside silent ``old``: a meter replaced at the same spot."""

@@ -124,10 +124,10 @@ def test_days_of_churn_keep_memory_and_open_files_flat(rows):
     row = rows["churn"]
     assert row["duplicated"] == 0, row["duplicated_items"]
     assert row["healthy"], row["health"]
-    # What is left (mesh): a swapped-in meter is found only when a repair search hears it,
-    # sometimes a day late or not within the run; only such meters may miss days.
-    assert row["lost"] <= 2, row["lost_items"]
-    assert {m for m, _ in row["lost_items"]} <= row["replacements"], row["lost_items"]
+    # Regression (found by this scenario): a swapped-in meter was found days late or never,
+    # because the daemon's drain of module reports took every other report of the mesh's
+    # repair searches; the mesh now drains them itself and stands aside while it searches.
+    assert row["lost"] == 0, row["lost_items"]
     assert row["fds_end"] <= row["fds_start"] + 2, (row["fds_start"], row["fds_end"])
     assert row["rss_end_kib"] < row["rss_start_kib"] * 1.3, (row["rss_start_kib"],
                                                                row["rss_end_kib"])
