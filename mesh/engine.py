@@ -249,6 +249,10 @@ class EngineTuning:
     alternates_at_formation: bool = False
     #: seconds before each background probe for alternates (reads waiting go first)
     gap_probe_s: float = 0.2
+    #: ... and background probes wait until no read has been in flight for this long: probing
+    #: with half the read slots during a round doubled the daemon's CPU per read and held the
+    #: round's make-up passes back (bench/daemon_cpu.py, 1,000-meter hplc)
+    gap_idle_s: float = 2.0
     alternates: int = 2
     probes_per_node: int = 6  # candidate relays tried per node when looking for alternates
     #: a primary with a hop heard below this quality (either direction) keeps looking for a
@@ -373,6 +377,9 @@ class Mesh:
         self._answers: list[int] = []
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._gap_task: asyncio.Task[None] | None = None  # alternates probed after discovery
+        self._reads_in_flight = 0  # exchanges under way (background probes wait for none)
+        self._last_read_end = float("-inf")
+        self._reads_idle = asyncio.Event()
         self._relay_checked: dict[str, float] = {}  # relay -> when it was last checked
         self._quick_repaired: dict[str, float] = {}  # node -> last inline repair (exchange)
         self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
@@ -1002,6 +1009,20 @@ class Mesh:
         except LinkClosed:
             log.info("mesh: probing for alternates stopped, the module link closed")
 
+    async def _wait_for_quiet(self, pause: float) -> None:
+        """Wait for a pause in the reads (none in flight for ``gap_idle_s``), then ``pause``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._reads_in_flight:
+                self._reads_idle.clear()
+                await self._reads_idle.wait()
+                continue
+            quiet = loop.time() - self._last_read_end
+            if quiet >= self.tuning.gap_idle_s:
+                break
+            await asyncio.sleep(self.tuning.gap_idle_s - quiet)
+        await asyncio.sleep(pause)
+
     async def wait_alternates(self) -> None:
         """Wait until the background probing for alternates after discovery is done."""
         if self._gap_task is not None:
@@ -1063,7 +1084,7 @@ class Mesh:
             real_probe = self.probe
 
             async def probe(addr: str, relays: Iterable[str] | None = None) -> bool:
-                await asyncio.sleep(pause)
+                await self._wait_for_quiet(pause)
                 return await real_probe(addr, relays)
         else:
             probe = self.probe
@@ -1076,9 +1097,16 @@ class Mesh:
             # nodes hear the CCO directly; discovery had found 1 in 5 that way).
             tried += 1
             await probe(address, ())
-        for w in self._candidates(address):
-            if len(topo.routes(address)) >= 1 + self.tuning.alternates \
-                    and not self._weak_primary(address):
+        def enough() -> bool:
+            return len(topo.routes(address)) >= 1 + self.tuning.alternates \
+                and not self._weak_primary(address)
+        # The loop below would stop at its first candidate: skip working the candidates out
+        # (a sort of the whole two-hop neighbourhood, a route each: most of the CPU of a round
+        # that overlaps the probing for alternates).
+        candidates = [] if enough() or tried >= self.tuning.probes_per_node \
+            else self._candidates(address)
+        for w in candidates:
+            if enough():
                 break
             if tried >= self.tuning.probes_per_node:
                 break
@@ -1152,6 +1180,23 @@ class Mesh:
 
     async def exchange(self, address: str, dlt645_bytes: bytes, *,
                        priority: bool = False) -> ExchangeOutcome:
+        """Carry one DL/T 645 request to meter ``address`` (see module docstring).
+
+        Never raises for a failed read (the outcome says why); ``LinkClosed`` from the driver
+        (the serial port is gone) propagates.
+        """
+        # Counted so that background probing keeps out of the reads' way (_wait_for_quiet).
+        self._reads_in_flight += 1
+        try:
+            return await self._exchange(address, dlt645_bytes, priority=priority)
+        finally:
+            self._reads_in_flight -= 1
+            self._last_read_end = asyncio.get_running_loop().time()
+            if not self._reads_in_flight:
+                self._reads_idle.set()
+
+    async def _exchange(self, address: str, dlt645_bytes: bytes, *,
+                        priority: bool = False) -> ExchangeOutcome:
         """Carry one DL/T 645 request to meter ``address`` (see module docstring).
 
         Never raises for a failed read (the outcome says why); ``LinkClosed`` from the driver
@@ -1402,6 +1447,8 @@ class Mesh:
         if (node.level or 99) <= 2 or topo.link(self.root, address) is not None:
             paths.append(())  # straight from the CCO (the root has no route)
         for w in self._candidates(address, include_down=True):
+            if len(paths) >= self.tuning.repair_probes:
+                break  # the rest would be cut off below
             route = topo.primary(w)
             if route is not None and w not in topo.presumed_dead:
                 paths.append((*route.relays, w))

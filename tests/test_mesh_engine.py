@@ -871,3 +871,27 @@ def test_reading_starts_at_formation_and_alternates_follow_in_the_gaps():
         assert {r.relays for r in mesh.topology.routes(target)[:2]} == {(a,), (b,)}
         await driver.close()
     run(main())
+
+
+def test_background_probing_waits_for_a_pause_in_the_reads():
+    """Alternates are probed only while no read is in flight for ``gap_idle_s``: probes taking
+    read slots during a round slowed the round and doubled the daemon's CPU per read."""
+    async def main():
+        a, b, target = addr(1), addr(2), addr(3)
+        module, driver, mesh = await make([(CCO, a), (CCO, b), (a, target), (b, target)])
+        await mesh.discover()
+        loop = asyncio.get_running_loop()
+        ours = 0
+        end = loop.time() + 30.0
+        while loop.time() < end:  # a round: a read every second for 30 s
+            assert (await mesh.exchange(target, REQ)).ok
+            ours += 1
+            await asyncio.sleep(1.0)
+        during = len(module.reads)
+        await mesh.wait_alternates()
+        after = len(module.reads)
+        await driver.close()
+        return ours, during, after
+    ours, during, after = run(main())
+    assert during == ours  # not one probe between the reads
+    assert after > during  # ... and the alternates were probed once the reads paused
