@@ -23,7 +23,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -1116,10 +1116,14 @@ class Store:
         return None if row is None else self._curve_row(row)
 
     @staticmethod
-    def _curve_row(r: Sequence[Any]) -> CurveDay:
+    def _curve_row(r: Sequence[Any], keep: set[int] | None = None) -> CurveDay:
+        """The row as a ``CurveDay``; with ``keep``, only those slots (the rest ``None``)."""
         count = 1440 // r[3]
-        points = tuple(None if v is None else Decimal(v).scaleb(-CURVE_SCALE)
-                       for v in unpack_points(r[4], count))
+        # Only the points asked for become Decimals: an incremental upload item keeps a few
+        # slots of the day, and 96 Decimals per outbox row were the upload's main cost.
+        points = tuple(None if v is None or (keep is not None and i not in keep)
+                       else Decimal(v).scaleb(-CURVE_SCALE)
+                       for i, v in enumerate(unpack_points(r[4], count)))
         return CurveDay(meter=r[0], day=date.fromisoformat(r[1]), item=r[2],
                         density_min=r[3], points=points)
 
@@ -1329,12 +1333,8 @@ class Store:
                           " WHERE meter=? AND day=? AND item=?", (meter, day, item)).fetchone()
             if r is None:
                 return None
-            curve = self._curve_row(r)
-            if not slots:  # written before uploads became incremental: the whole day
-                return curve
-            keep = _parse_slot_ranges(slots)
-            return replace(curve, points=tuple(v if i in keep else None
-                                               for i, v in enumerate(curve.points)))
+            # No slots: written before uploads became incremental, the whole day.
+            return self._curve_row(r, _parse_slot_ranges(slots) if slots else None)
         if kind == "realtime":
             r = c.execute("SELECT * FROM realtime WHERE meter=? AND read_time=?",
                           (meter, ref)).fetchone()
