@@ -12,7 +12,10 @@ is given; everything here decides *which* list.
   and made again once its answers are registered; the root search also stops when a round
   brings under 1/``root_tail`` of its best; a level ends after ``empty_streak`` proxy
   searches in a row found nothing (issue 4: 1,000-meter HPLC formation 664 -> 388 -> 305
-  sim-s).
+  sim-s). When the levels run dry, a completeness sweep searches the found nodes never
+  searched from (``Mesh._sweep``: short searches spread over the finders' regions, until
+  ``sweep_empty`` in a row found nothing), and follows whatever it finds outwards: the level
+  rules had left pockets 2-3 hops out unfound (1,000-meter npl 989 -> 1000/1000).
   Every found node is registered with the module (AFN11 F1,
   with a collector's RS-485 meters) so it stays quiet in later searches. Archive meters come
   first (registered and used as proxies before unknown nodes); a node not in the master's
@@ -215,6 +218,14 @@ class EngineTuning:
     #: ... and, when it first does, its remaining proxies are searched weakest-heard first
     #: (the level's edge) until this many more in a row found nothing (0: no edge sweep)
     edge_sweep: int = 6
+    #: completeness sweep after the levels: never-searched nodes are searched (see
+    #: ``Mesh._sweep``) until this many in a row found nothing (0: no sweep). 1,000-meter
+    #: npl, seed 1: 60 -> 995/1000 (+210 s), 120 -> 995, 250 -> 1000/1000 (+720 s);
+    #: 2,040 hplc 2040/2040 from 60 on (+95 s at 250); 1,000 hplc +46 s at 250 ...
+    sweep_empty: int = 250
+    #: ... each with this many answer slots (most find nothing: a short round; npl 4 -> 2:
+    #: 2.7 -> 2.0 s an empty search)
+    sweep_slices: int = 2
     #: a level whose own last searches (this many, or all of them if fewer) found nothing
     #: searches no covered proxies
     covered_after: int = 4
@@ -244,6 +255,11 @@ class EngineTuning:
     #: hops it has (a node registered after one weak report had that hop as its only link;
     #: on a 200-meter feeder route quality 82 % with 7, 88 % with 9, formation +10 %)
     register_quality: int = 9
+    #: ... or once this many proxies' searches heard it (0: never): each further answer
+    #: costs a slot and a relayed report (2,040-meter hplc: level 2 heard 2,020 answers for
+    #: 983 new nodes). Off: 2 gave 2,040 hplc 1,283 -> 1,075 s but route quality at first
+    #: read 91 -> 82 % (200 feeder 67 -> 49 %); 3 gave 1,229 s, 88 %
+    register_after: int = 0
     #: probe every node for its alternates before ``discover`` returns (reading waits for
     #: it); off: only uncertain route choices are probed then (``probe_uncertain``)
     alternates_at_formation: bool = False
@@ -378,6 +394,7 @@ class Mesh:
         self._repairs: dict[str, asyncio.Task[None]] = {}
         self._gap_task: asyncio.Task[None] | None = None  # alternates probed after discovery
         self._reads_in_flight = 0  # exchanges under way (background probes wait for none)
+        self._sweeping = False  # the completeness sweep is searching (verify what it finds)
         self._last_read_end = float("-inf")
         self._reads_idle = asyncio.Event()
         self._relay_checked: dict[str, float] = {}  # relay -> when it was last checked
@@ -514,10 +531,16 @@ class Mesh:
         return done
 
     async def _discover_levels(self, depth: int, plug_and_play: bool) -> None:
-        """The hop-by-hop searches of ``discover`` (see the module docstring)."""
-        frontier = [self.root]
+        """The hop-by-hop searches of ``discover`` (see the module docstring), then the
+        completeness sweep (``_sweep``)."""
         searched: set[str] = set()
-        level = 1
+        await self._levels_from([self.root], 1, depth, plug_and_play, searched)
+        await self._sweep(depth, plug_and_play, searched)
+
+    async def _levels_from(self, frontier: list[str], level: int, depth: int,
+                           plug_and_play: bool, searched: set[str]) -> None:
+        """Level by level outwards: ``frontier`` (nodes of ``level - 1``) searched for
+        ``level``, the nodes they find for the next, until a level brings nothing new."""
         while frontier and level <= depth + 1:
             new: list[str] = []
             skipped: list[str] = []
@@ -572,10 +595,85 @@ class Mesh:
                         and self.topology.node(a).status is NodeStatus.APPROVED]
             level += 1
 
-    async def _search_repeated(self, proxy: str, level: int, plug_and_play: bool) -> list[str]:
+    async def _sweep(self, depth: int, plug_and_play: bool, searched: set[str]) -> None:
+        """Completeness sweep once the levels ran dry: the found nodes never searched from
+        (covered, or left when their level ended after ``empty_streak`` empty searches) are
+        searched with ``sweep_slices`` slots, spread over the district (``_sweep_order``),
+        until ``sweep_empty`` in a row found nothing; what one finds is searched outwards
+        level by level as in formation. The levels' own rules leave whole pockets unfound:
+        nodes 2-3 hops out heard by ~25-35 found nodes none of which was searched (1,000-meter
+        npl 989/1000, 2,040-meter hplc 2031/2040)."""
+        self._sweeping = True
+        try:
+            await self._sweep_searches(depth, plug_and_play, searched)
+        finally:
+            self._sweeping = False
+
+    async def _sweep_searches(self, depth: int, plug_and_play: bool, searched: set[str]) -> None:
+        # The sweep's short searches give a flooder too few repeats to be marked, so every
+        # node they find answers a read-address through its proxy first (screen_search's
+        # verify_new: sweep finds are few, 11 of 1,000 on npl).
+        tn = self.tuning
+        empty = 0
+        while tn.sweep_empty:
+            queue = self._sweep_order(searched, depth)
+            found_any = False
+            for proxy in queue:
+                if empty >= tn.sweep_empty:
+                    break
+                node = self.topology.node(proxy)
+                level = (node.level or 0) + 1
+                new = await self._search_repeated(proxy, level, plug_and_play,
+                                                  slices=tn.sweep_slices)
+                searched.add(proxy)
+                if not new:
+                    empty += 1
+                    continue
+                log.info("mesh: completeness sweep: search from %s found %d new nodes",
+                         proxy, len(new))
+                self.stats.by_level[level] = self.stats.by_level.get(level, 0) + len(new)
+                empty = 0
+                found_any = True
+                await self._levels_from(
+                    [a for a in new if a in self.topology
+                     and self.topology.node(a).status is NodeStatus.APPROVED],
+                    level + 1, depth, plug_and_play, searched)
+                break  # new nodes and finders: order the rest again
+            if not found_any:
+                return
+
+    def _sweep_order(self, searched: set[str], depth: int) -> list[str]:
+        """The sweep's proxies: found, approved, within the relay depth, never searched from.
+
+        The finders in turn (their neighbourhoods are the district's regions; a pocket of
+        unfound nodes lies beside one of them), within a finder from its
+        weakest-heard find outwards and then spread over the signal qualities (its finds at
+        one quality lie at about one distance)."""
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for n in self.topology.nodes():
+            a = n.address
+            if a == self.root or a in searched or n.status is not NodeStatus.APPROVED \
+                    or not n.level or n.level > depth:
+                continue
+            finder, q = self._finder.get(a, (self.root, None))
+            groups.setdefault(finder, []).append((-1 if q is None else q, a))
+        keyed: list[tuple[float, str]] = []
+        for members in groups.values():
+            members.sort()
+            n = len(members)
+            for rank, i in enumerate(_spread(n)):
+                # Each finder's turn comes in proportion to its finds: a pocket is heard by
+                # a share of a region's finds, not by a fixed number of them (1,000-meter
+                # npl: ~30 of the CCO's 889).
+                keyed.append(((rank + 0.5) / n, members[i][1]))
+        keyed.sort()
+        return [a for _k, a in keyed]
+
+    async def _search_repeated(self, proxy: str, level: int, plug_and_play: bool,
+                               slices: int | None = None) -> list[str]:
         """A search from ``proxy``, made again while it was stopped early (answer cap reached,
         or congested: then with more slots); returns the new nodes of all of them."""
-        new = await self._search_from(proxy, level, plug_and_play)
+        new = await self._search_from(proxy, level, plug_and_play, slices=slices)
         for _again in range(self.tuning.max_search_repeats):
             if not self._search_cut:
                 break
@@ -594,6 +692,11 @@ class Mesh:
                 if est.quality is not None and est.quality > best:
                     best = est.quality
         return best
+
+    def _heard_by(self, address: str) -> int:
+        """How many nodes' searches heard ``address`` (its known hops in)."""
+        graph = self.topology.graph
+        return graph.in_degree(address) if address in graph else 0
 
     def _missing_archive(self) -> list[str]:
         out = []
@@ -827,7 +930,8 @@ class Mesh:
             # What this search heard sizes the next ones (a congested one heard too little).
             self._answers.append(len({a for a, _q, _r in found}))
             del self._answers[:-max(1, tn.slots_window)]
-        found = await screen_search(self, proxy, path, found, slices)
+        found = await screen_search(self, proxy, path, found, slices,
+                                    verify_new=self._sweeping)
         new: list[str] = []
         reg: list[tuple[str, int]] = []
         for address, q, report in found:
@@ -845,7 +949,9 @@ class Mesh:
             keep = []
             for a, proto in reg:
                 host = self.host_of(a)
-                if self._best_quality(host) < self.tuning.register_quality:
+                if self._best_quality(host) < self.tuning.register_quality and (
+                        not self.tuning.register_after
+                        or self._heard_by(host) < self.tuning.register_after):
                     self._unregistered[a] = proto
                 else:
                     self._unregistered.pop(a, None)
@@ -896,9 +1002,12 @@ class Mesh:
             if s in topo and topo.node(s).status is NodeStatus.ARCHIVE:
                 topo.remove_node(s, "behind collector " + address)
         if not first:
-            if address in self._unregistered and quality is not None \
-                    and quality >= self.tuning.register_quality:
-                # Heard well at last: register it now (with a collector's meters).
+            tn = self.tuning
+            if address in self._unregistered and (
+                    (quality is not None and quality >= tn.register_quality)
+                    or (tn.register_after and self._heard_by(address) >= tn.register_after)):
+                # Heard well at last, or by enough proxies: register it now (with a
+                # collector's meters).
                 return_later = [(address, self._unregistered[address])] + \
                     [(s, self._unregistered[s]) for s in subs if s in self._unregistered]
                 self._late_reg += return_later
@@ -1769,6 +1878,24 @@ class Mesh:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def _spread(n: int) -> list[int]:
+    """0..n-1 in an order that halves the gaps: 0, then the middle, then the quarters..."""
+    out: list[int] = []
+    seen: set[int] = set()
+    step = 1
+    while len(out) < n:
+        for k in range(step):
+            i = (2 * k + 1) * n // (2 * step) if step > 1 else 0
+            if i not in seen:
+                seen.add(i)
+                out.append(i)
+        step *= 2
+        if step > 2 * n:
+            out += [i for i in range(n) if i not in seen]
+            break
+    return out
+
 
 def _database(db: Any) -> sqlite_utils.Database:
     if isinstance(db, sqlite_utils.Database):

@@ -130,9 +130,11 @@ class MeshGuard:
 
     def screen(self, topology: Topology, proxy: str, addresses: list[str],
                registered: set[str] | frozenset[str], slices: int = 16,
-               path: tuple[str, ...] = ()) -> Screened:
+               path: tuple[str, ...] = (), verify_new: bool = False) -> Screened:
         """Judge one search's reports (``addresses`` in arrival order) from ``proxy``, whose
-        relay path (relays and proxy) is ``path``."""
+        relay path (relays and proxy) is ``path``. ``verify_new``: every address new to the
+        topology must answer a read-address before it is used, flood or not (short searches
+        give a flooder too few repeats to be marked)."""
         cfg = self.config
         counts = Counter(addresses)
         # Many registered nodes answering at once: the module lost its slave archive (a
@@ -164,7 +166,7 @@ class MeshGuard:
                 continue
             if flooded and distinct > cap:
                 continue  # the flood's excess
-            if flooded and addr not in topology:
+            if (flooded or verify_new) and addr not in topology:
                 verify.append(i)
             else:
                 accepted.append(i)
@@ -203,13 +205,16 @@ def _near(topology: Topology, address: str, proxy: str) -> bool:
 # --- the engine's side (I/O through the module driver) ----------------------------------------
 
 async def screen_search(mesh: Any, proxy: str, path: tuple[str, ...],
-                        found: list[tuple[str, Any, Any]], slices: int) -> list[tuple[str, Any, Any]]:
+                        found: list[tuple[str, Any, Any]], slices: int,
+                        verify_new: bool = False) -> list[tuple[str, Any, Any]]:
     """Screen the reports ``found`` of ``mesh``'s search from ``proxy`` (relay path ``path``
-    ending at the proxy, empty from the CCO); return the ones to use, in order."""
+    ending at the proxy, empty from the CCO); return the ones to use, in order.
+    ``verify_new``: see ``MeshGuard.screen``."""
     guard: MeshGuard = mesh.guard
     addresses = [a for a, _q, _r in found]
     verdict = guard.screen(mesh.topology, proxy, addresses,
-                           mesh._registered - set(mesh._unregistered), slices, path)
+                           mesh._registered - set(mesh._unregistered), slices, path,
+                           verify_new=verify_new)
     keep = set(verdict.accepted)
     if verdict.verify:
         sem = asyncio.Semaphore(max(1, mesh.driver.max_concurrent))
@@ -223,7 +228,7 @@ async def screen_search(mesh: Any, proxy: str, path: tuple[str, ...],
         guard.stats.verified += len(verdict.verify) - len(refused)
         guard.stats.refused += len(refused)
         if refused:
-            log.warning("mesh: %d new addresses from the flooded search via %s did not answer, "
+            log.warning("mesh: %d new addresses from the search via %s did not answer, "
                         "not used (%s%s)", len(refused), proxy, ", ".join(refused[:5]),
                         ", ..." if len(refused) > 5 else "")
         refused_n = len(refused)
@@ -232,6 +237,10 @@ async def screen_search(mesh: Any, proxy: str, path: tuple[str, ...],
     out = [f for i, f in enumerate(found) if i in keep]
     guard.stats.dropped += len(found) - len(out)
     now = mesh._now()
+    if not verdict.flooded and refused_n >= guard.config.flood_confirm:
+        # Not marked by repeats, but enough invented addresses failed the check: a flood.
+        verdict = Screened(verdict.accepted, verdict.verify, (*verdict.suspects, (
+            None, "flood", refused_n, f"{len(addresses)} reports, no repeats")), True)
     for address, reason, count, detail in verdict.suspects:
         if reason == "flood" and refused_n < guard.config.flood_confirm:
             # Repeats made the search suspect, but its new addresses answered: a busy search of

@@ -834,9 +834,9 @@ def test_a_level_ending_in_empty_searches_is_searched_from_its_edge_first():
         await mesh.discover()
         await driver.close()
         return far in mesh.topology, len(module.searches)
-    found, searches = run(main(EngineTuning()))
+    found, searches = run(main(EngineTuning(sweep_empty=0)))
     assert found and searches == 1 + 12 + 1 + 1  # CCO, 12 empty, the edge, the far node
-    found, _ = run(main(EngineTuning(edge_sweep=0)))
+    found, _ = run(main(EngineTuning(edge_sweep=0, sweep_empty=0)))
     assert not found
 
 
@@ -850,7 +850,7 @@ def test_covered_proxies_are_not_searched_after_the_level_ran_dry():
     quality = {n: 10 for n in uncovered} | {n: 14 for n in covered}
 
     async def main():
-        module, driver, mesh = await _round_mesh(edges, quality)
+        module, driver, mesh = await _round_mesh(edges, quality, EngineTuning(sweep_empty=0))
         done = await mesh.discover()
         await driver.close()
         return done.nodes, len(module.searches)
@@ -895,3 +895,56 @@ def test_background_probing_waits_for_a_pause_in_the_reads():
     ours, during, after = run(main())
     assert during == ours  # not one probe between the reads
     assert after > during  # ... and the alternates were probed once the reads paused
+
+
+# --- completeness sweep (issue 4): no pocket of nodes is left unfound ------------------------
+
+def _line_behind_a_strong_node():
+    """A line CCO - strong - far1 - far2 - far3: the CCO hears ``strong`` at quality 15 (so it
+    counts as covered: inside the CCO's neighbourhood) and 20 other level-1 nodes at 10; the
+    far nodes are heard only along the line, through ``strong``."""
+    near = [addr(i) for i in range(1, 21)]
+    strong = addr(30)
+    far = [addr(31), addr(32), addr(33)]
+    edges = [(CCO, n) for n in near] + [(CCO, strong), (strong, far[0]), (far[0], far[1]),
+                                         (far[1], far[2])]
+    quality = {n: 10 for n in near} | {strong: 15} | {f: 12 for f in far}
+    return edges, quality, strong, far
+
+
+def test_a_line_behind_a_strongly_heard_node_is_found_completely():
+    """The level's own proxies find nothing (12 in a row, then 6 from its edge) and the
+    strongly heard node is covered, so the levels end; the completeness sweep searches it,
+    finds the line's next node and follows the line hop by hop to its end: every node found
+    and given a route through the strong node. Without the sweep the line stays unfound."""
+    edges, quality, strong, far = _line_behind_a_strong_node()
+
+    async def main(tuning):
+        module, driver, mesh = await _round_mesh(edges, quality, tuning)
+        done = await mesh.discover()
+        routes = {f: mesh.topology.primary(f) for f in far if f in mesh.topology}
+        await driver.close()
+        return done.nodes, routes, module.searches
+    nodes, routes, searches = run(main(EngineTuning(sweep_empty=5)))
+    assert nodes == 20 + 1 + 3
+    assert [routes[f].relays for f in far] == [(strong,), (strong, far[0]),
+                                              (strong, far[0], far[1])]
+    assert (strong,) in searches  # the covered node was searched by the sweep
+    nodes, routes, _ = run(main(EngineTuning(sweep_empty=0)))
+    assert nodes == 21 and routes == {}
+
+
+def test_the_sweep_ends_after_its_empty_searches_in_a_row():
+    """With nothing left to find, the sweep costs ``sweep_empty`` short searches and stops,
+    even with more never-searched nodes left (here 10 covered ones)."""
+    uncovered = [addr(i) for i in range(1, 5)]
+    covered = [addr(i) for i in range(10, 20)]
+    edges = [(CCO, n) for n in uncovered + covered]
+    quality = {n: 10 for n in uncovered} | {n: 14 for n in covered}
+
+    async def main():
+        module, driver, mesh = await _round_mesh(edges, quality, EngineTuning(sweep_empty=3))
+        done = await mesh.discover()
+        await driver.close()
+        return done.nodes, len(module.searches)
+    assert run(main()) == (14, 1 + 4 + 3)

@@ -117,6 +117,12 @@ def test_guard_screens_repeats_floods_and_registered_nodes_heard_away_from_home(
     regs = {addr(i) for i in range(20, 30)}
     v = g.screen(topo, addr(3), sorted(regs), regs, 16, (addr(1), addr(2), addr(3)))
     assert len(v.accepted) == 10 and not v.suspects
+    # The completeness sweep's short searches: every new address answers a read first, even
+    # with no repeat (a flooder gets too few repeats into 2 slots to be marked); known nodes
+    # do not.
+    v = g.screen(topo, addr(2), [addr(40), addr(3), addr(41)], set(), 2, (addr(1), addr(2)),
+                 verify_new=True)
+    assert v.verify == (0, 2) and v.accepted == (1,) and not v.flooded and not v.suspects
 
 
 def test_guard_reports_a_suspect_once_per_hour_and_counts_the_rest():
