@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import socket
 import ssl
 import subprocess
@@ -219,6 +220,24 @@ def assert_exactly_once(m: MasterStation, expected_seqs: set[int]) -> None:
 
 
 # --- link -------------------------------------------------------------------------------------
+
+async def test_an_unreachable_master_is_logged_once_not_per_retry(tmp_path, caplog):
+    # A days-long outage must not fill the log with one line per back-off step: one line when
+    # the master cannot be reached, one when it is reachable again.
+    store = make_store(tmp_path)
+    port = free_port()
+    client = make_client(store, port, backoff_base=0.02)
+    caplog.set_level(logging.DEBUG, logger="uplink.client")
+    async with running(client):
+        await until(lambda: sum(1 for r in caplog.records if "failed" in r.getMessage()) >= 5)
+        async with master_at(tmp_path, port=port) as m:
+            await m.wait_login(KEY)
+    failed = [r for r in caplog.records if "connect to master" in r.getMessage()]
+    assert len(failed) >= 5
+    assert [r.levelno for r in failed].count(logging.WARNING) == 1
+    back = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelno == logging.WARNING
+
 
 async def test_login_and_heartbeats_confirmed(tmp_path):
     store = make_store(tmp_path)

@@ -376,14 +376,19 @@ class UplinkClient:
         failures = 0          # consecutive failed attempts on the current endpoint
         backoff_n = 0
         on_backup = False
+        unreachable = 0       # failed connects since the last session (one log line per outage)
         while not self._stopping.is_set():
             ep = self.backup if on_backup and self.backup else self.primary
             try:
                 reader, writer = await self._open(ep)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 failures += 1
-                log.warning("terminal %s: connect to master %s failed (%d): %s",
-                            self.terminal, ep, failures, exc or type(exc).__name__)
+                unreachable += 1
+                # The first failure of an outage is the event; the retries are not (a 72-hour
+                # outage logged a line per back-off step). `status` lists the outage as a fault.
+                log.log(logging.WARNING if unreachable == 1 else logging.DEBUG,
+                        "terminal %s: connect to master %s failed (%d): %s; retrying with "
+                        "backoff", self.terminal, ep, failures, exc or type(exc).__name__)
                 if self.backup and failures >= self.config.failover_attempts:
                     on_backup = not on_backup
                     failures = 0
@@ -394,6 +399,10 @@ class UplinkClient:
                 backoff_n += 1
                 continue
             self.stats["connects"] += 1
+            if unreachable:
+                log.warning("terminal %s: master %s reachable again after %d failed connects",
+                            self.terminal, ep, unreachable)
+                unreachable = 0
             self.endpoint = ep
             session = _Session(self, reader, writer, probe_primary=on_backup)
             self._session = session
