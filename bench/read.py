@@ -140,12 +140,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="300-meter npl and hplc only")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # "meters:channel", run in a subprocess
     ap.add_argument("--seed", type=int, default=1, help="scenario seed (--case only)")
+    ap.add_argument("--out", help="--case only: also write the case's figures as JSON here")
     ap.add_argument("--reader", default="", help='--case only: Reader options as JSON, e.g. '
                     '\'{"adaptive": true}\' or \'{"pace_s_per_level": 0.1}\'')
     args = ap.parse_args()
     if args.case:
         n, ch = args.case.split(":")
-        print(json.dumps(run_case(int(n), ch, args.seed, json.loads(args.reader or "{}"))))
+        res = run_case(int(n), ch, args.seed, json.loads(args.reader or "{}"))
+        print(json.dumps(res))
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
         return
     cases = [(300, "hplc"), (300, "npl")] if args.quick else \
         [(1000, "hplc"), (1000, "npl"), (2040, "hplc"), (2040, "npl")]

@@ -35,7 +35,6 @@ Retries of a single read are the mesh's business: ``exchange`` tries the alterna
   off has its date and time written (0x14, password from the key store, at most once a day)
   and read back, and the event records the drift before and after.
 
-
 Outcomes of a meter in a round (``MeterResult.outcome``): ``ok``; ``no_reply:<why>`` (the mesh
 found no working route; ``why`` is its failure reason); ``bad_frame`` (undecodable, another
 meter's or another item's reply); ``meter_error`` (an error reply other than "no such data");

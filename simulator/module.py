@@ -79,6 +79,13 @@ MAC_RETRIES = {"npl": 1, "hplc": 2, "rf": 2}
 # IEEE 1901.1; the simulator only needs the order of magnitude relative to airtime).
 SLOT_S = {"npl": 0.020, "hplc": 0.002, "rf": 0.003}
 CONTENTION_WINDOW = 8
+# A MAC retransmission after a missing ACK draws its backoff from a window doubled per failed
+# attempt (8, 16, 32, 64 slots), as the IEEE 1901 / HomePlug AV CSMA/CA that IEEE 1901.1 HPLC
+# inherits does (backoff procedure counter) and IEEE 802.15.4 CSMA-CA for RF (backoff
+# exponent). With a fixed window two hidden senders whose frames overlapped retried in
+# lockstep and lost all three attempts (docs/channel-model.md). Narrowband modules' MACs are
+# vendor-specific: npl keeps its fixed window (its per-level timeout assumes it).
+WINDOW_DOUBLINGS = {"npl": 0, "hplc": 3, "rf": 3}
 ACK_BYTES = 8  # MAC acknowledgement payload (airtime only; its loss is not drawn)
 
 # Module timeouts (HiSilicon read manager, field-figures §1.1): 500 ms per relay level, meter
@@ -161,8 +168,10 @@ class Medium:
                 until = max(until, x.end)
         return until
 
-    async def acquire(self, src: str, dst: str | None, medium: str, nbytes: int) -> _Tx:
-        """Wait for the medium (carrier sense + backoff) and put a frame on the air."""
+    async def acquire(self, src: str, dst: str | None, medium: str, nbytes: int,
+                      window: int = CONTENTION_WINDOW) -> _Tx:
+        """Wait for the medium (carrier sense + backoff in ``window`` slots) and put a frame
+        on the air."""
         ch = self.channel
         slot = SLOT_S[medium]
         for _ in range(64):
@@ -171,7 +180,7 @@ class Medium:
             busy = self._heard_busy_until(src, medium, t)
             if busy > t:
                 await asyncio.sleep(busy - t)
-            await asyncio.sleep(self.rng.randrange(CONTENTION_WINDOW) * slot)
+            await asyncio.sleep(self.rng.randrange(window) * slot)
             t = self.now()
             if self._heard_busy_until(src, medium, t) <= t:
                 break
@@ -197,10 +206,12 @@ class Medium:
         return [x.src for x in self._air
                 if x is not tx and x.medium == tx.medium and x.start < tx.end and x.end > tx.start]
 
-    async def send(self, src: str, dst: str, nbytes: int) -> bool:
-        """One frame src -> dst (no retries): True when dst received it."""
+    async def send(self, src: str, dst: str, nbytes: int, attempt: int = 0) -> bool:
+        """One frame src -> dst (no retries): True when dst received it. ``attempt`` = MAC
+        retransmissions of this frame so far (each doubles the contention window)."""
         medium = self.medium_for(src, dst)
-        tx = await self.acquire(src, dst, medium, nbytes)
+        window = CONTENTION_WINDOW << min(max(attempt, 0), WINDOW_DOUBLINGS.get(medium, 0))
+        tx = await self.acquire(src, dst, medium, nbytes, window)
         await asyncio.sleep(tx.end - tx.start)
         if tx.collided:
             return False
@@ -558,8 +569,8 @@ class CarrierModule:
             return False
         medium = self.medium.medium_for(a, b)
         ack = self.channel.airtime(ACK_BYTES, medium)
-        for _ in range(1 + MAC_RETRIES[medium]):
-            ok = await self.medium.send(a, b, nbytes)
+        for attempt in range(1 + MAC_RETRIES[medium]):
+            ok = await self.medium.send(a, b, nbytes, attempt)
             await asyncio.sleep(ack)
             if ok:
                 await asyncio.sleep(self.channel.processing_time(medium))

@@ -753,3 +753,53 @@ def test_pacing_staggers_exchange_starts_by_the_relay_depth(tmp_path):
         # one level per relay plus the meter's own hop, 0.1 s each
         assert t_next - t >= 0.1 * (len(depth[a]) + 1) - 1e-9
     assert mesh.max_in_flight >= 2  # still concurrent, only spread out
+
+
+# --- hidden-node retries at the simulated module (issue 5) ---------------------------------------
+# The first-attempt failures of the 1,000-meter HPLC round were two senders hidden from each
+# other (two direct meters replying to the CCO, a meter replying to its relay while the CCO
+# sends there) losing all three MAC attempts: with a fixed contention window they retried in
+# lockstep. The simulated MAC now doubles the window per retransmission (IEEE 1901 CSMA/CA).
+
+class _HiddenPair:
+    """Senders A and B do not hear each other; both reach receiver R (a relay or the CCO)."""
+
+    media = ("hplc",)
+
+    def airtime(self, nbytes: int, medium: str | None = None) -> float:
+        return 0.004 + (nbytes + 32) * 8 / 100_000  # HPLC overhead + MAC header, 100 kbit/s
+
+    def interferes(self, tx: str, rx: str, t: float, medium: str | None = None) -> bool:
+        return tx != rx and {tx, rx} != {"A", "B"}
+
+    def transmit(self, src, dst, nbytes, t, rng, medium=None, interferers=()) -> bool:
+        return not [x for x in interferers if x not in (src, dst)]  # overlap = both lost
+
+
+def test_hidden_senders_do_not_lose_every_mac_retry_in_lockstep():
+    import random
+
+    from simulator.module import ACK_BYTES, MAC_RETRIES, Medium
+
+    async def pair(seed: int) -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        medium = Medium(_HiddenPair(), random.Random(seed), loop.time)
+
+        async def hop(src: str) -> bool:  # as CarrierModule._hop: frame, ACK wait, retry
+            for attempt in range(1 + MAC_RETRIES["hplc"]):
+                ok = await medium.send(src, "R", 61, attempt)
+                await asyncio.sleep(medium.channel.airtime(ACK_BYTES))
+                if ok:
+                    return True
+            return False
+
+        a, b = await asyncio.gather(hop("A"), hop("B"))
+        return a, b
+
+    trials = 200
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        results = [runner.run(pair(i)) for i in range(trials)]
+    lost = sum(1 for a, _ in results if not a) / trials
+    # Both start together, so the first attempts always overlap; a fixed 8-slot window lost
+    # all three attempts 58 % of the time, a doubling window about 16 %.
+    assert lost < 0.3
