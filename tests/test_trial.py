@@ -31,6 +31,9 @@ def test_trial_command_runs_a_small_district_and_writes_its_json(tmp_path):
     for r in daily:
         assert r["meters"] == f["meters_in_archive"]
         assert r["final_rate"] >= 0.95 and r["airtime_lower_bound_s"] > 0
+        # The bound with the meters' own time is a bound: no first pass (every meter tried
+        # once) beats it, and it is never below the airtime alone.
+        assert r["airtime_lower_bound_s"] <= r["exchange_lower_bound_s"] <= r["first_pass_s"]
         assert r["summary_meter_read"] is True
     assert set(res["meters"]) and all(
         {"route", "first", "final", "attempts", "latency_s"} <= set(m) for m in res["meters"].values())
