@@ -920,7 +920,10 @@ class Reader:
                     or (due is not None and due + timedelta(seconds=FREEZE_MARGIN_S) >= ctx.closes)):
                 # The meter's clock is far behind: it will not have frozen today before the
                 # window closes. Its real-time registers stand in (flagged), as for a meter
-                # without freeze records, and the clock fault becomes an event.
+                # without freeze records, and the clock fault becomes an event. If that read
+                # fails, the make-up passes try it again: its freeze time, after the window,
+                # must not plan it out of them (the clock-step scenario lost a day so).
+                ctx.freeze_due.pop(meter, None)
                 return await self._daily_from_realtime(job, ctx, meter, last, via)
             if not got:
                 return job

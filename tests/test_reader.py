@@ -271,6 +271,43 @@ def test_a_meter_whose_clock_is_days_behind_gets_its_realtime_registers_and_an_e
     assert store.daily(meters[0], DAY1).flags == 0
 
 
+def test_a_stand_in_for_a_meter_freezing_after_the_window_that_fails_is_tried_again(tmp_path):
+    # Found by the clock-step fault scenario: a meter whose clock will reach midnight only
+    # after the window closes is stood in for at once by its real-time registers; when that
+    # one read failed, its planned freeze time (after the window) dropped it from every
+    # make-up pass and the day was lost.
+    late = addr(4)
+    failed = []
+
+    class LateMesh(FakeMesh):
+        def value(self, address, di):
+            if address == late and di == 0x05060001:
+                return datetime(2024, 2, 29, 0, 0)  # yesterday's freeze is its last
+            if address == late and di == 0x0400010C:
+                return self.clock.now() - timedelta(hours=10)  # freezes at 10:00, window 06:00
+            return super().value(address, di)
+
+        async def exchange(self, address, dlt645_bytes, *, priority=False):
+            if dlt645.decode(dlt645_bytes).di == 0x0001FF00 and not failed:
+                failed.append(address)  # the first stand-in read is lost
+                return Exchanged(None, ("000000009001",), 3, 3.0, "no route answered")
+            return await super().exchange(address, dlt645_bytes, priority=priority)
+
+    async def main():
+        clock = LoopClock(datetime(2024, 3, 1, 0, 0))
+        clock.now()
+        store = make_store(tmp_path, clock, [late])
+        reader = Reader(LateMesh(clock, [late]), store, clock, [DAILY])
+        await run_schedule(reader, datetime(2024, 3, 1, 7, 0))
+        return store, reader
+
+    store, reader = run(main())
+    assert failed == [late]
+    got = store.daily(late, DAY1)
+    assert got is not None and got.flags & 0x01, "the day was lost"
+    assert reader.reports[0].results[late].ok
+
+
 def test_a_meter_hours_behind_is_retried_then_stood_in_for_before_the_window_closes(tmp_path):
     late = addr(3)
 
