@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from simulator.vtime import VirtualTimeLoop  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPAIR_CONCURRENCY = 0  # --repair-concurrency (0: the module's own limit)
+SEARCH_LOG = False  # --search-log: every formation search in the JSON (level, proxy, ...)
 
 
 def _request(sc, address: str) -> bytes:
@@ -197,6 +199,7 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
                                          / max(1, len(found)), 4),
         "route_quality": quality,
         "profile": _profile(mesh),
+        **({"search_log": [list(e) for e in mesh.stats.search_log]} if SEARCH_LOG else {}),
         "repair": {"dead_relays": len(dead), "affected": len(affected),
                    "sim_s": round(repair_s, 1), "not_read_first_pass": lost_first,
                    "still_unread": len(pending), "cut_off_in_truth": len(cut_off),
@@ -255,10 +258,14 @@ def main() -> None:
                     help='EngineTuning fields to change, e.g. \'{"proxy_slices": 16}\'')
     ap.add_argument("--repair-concurrency", type=int, default=0, metavar="N",
                     help="reads at once after the relays die (default: the module's limit)")
+    ap.add_argument("--search-log", action="store_true",
+                    help="write every formation search (level, proxy, slots, sim-s, answers, "
+                         "new) to the JSON")
     args = ap.parse_args()
-    global REPAIR_CONCURRENCY
+    global REPAIR_CONCURRENCY, SEARCH_LOG
     REPAIR_CONCURRENCY = args.repair_concurrency
-    tuning = EngineTuning(**json.loads(args.tuning))
+    SEARCH_LOG = args.search_log
+    tuning = json.loads(args.tuning)  # changes to the medium's defaults
     logging.basicConfig(level=logging.ERROR)
     if args.case:
         cases = [(int(n), lay, ch) for n, lay, ch in (c.split(":") for c in args.case)]
@@ -272,7 +279,8 @@ def main() -> None:
     for n, lay, ch in cases:
         w = time.perf_counter()
         with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-            r = runner.run(_district(n, lay, ch, db_path, tuning))
+            r = runner.run(_district(n, lay, ch, db_path, dataclasses.replace(
+                EngineTuning.for_comm_mode(COMM_MODE[ch]), **tuning)))
         r["wall_s"] = round(time.perf_counter() - w, 1)
         results.append(r)
         for lv in r["profile"]:

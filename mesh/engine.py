@@ -72,6 +72,7 @@ from concentrator.clock import Clock
 from concentrator.config import MeshConfig
 from mesh import persist
 from mesh.guard import MeshGuard, screen_search
+from mesh.links import quality_prior
 from mesh.routes import Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import ExchangeResult, ModuleDriver, ModuleError, ReadFailure
@@ -207,6 +208,9 @@ class EngineTuning:
     #: a search stopped at the guard's answer cap is made again (its answers registered) at
     #: most this many times in a row
     max_search_repeats: int = 4
+    #: ... for the CCO's own search (its repeats hear the weakly heard nodes of the first
+    #: ones again: they stay unregistered, see ``register_quality``)
+    root_repeats: int = 4
     #: the root search stops once a round brings under 1/root_tail of its best round (hplc:
     #: a 255-slot round of 10 s then brings under 25 nodes, which proxy searches find at
     #: 0.3 s each; 6 -> 3: 1,000-meter hplc formation -10 s)
@@ -285,8 +289,15 @@ class EngineTuning:
     local_search_minutes: int = 2
     #: repair searches from the live nodes around a silent node (nearest first)
     repair_searches: int = 3
-    #: searches of one repair for all the nodes a dead relay left with no route
+    #: searches of one repair for all the nodes a dead relay left with no route: at most
+    #: this many, and ``group_searches_per_orphan`` per orphan (at least ``repair_searches``;
+    #: a one-meter group made 8 searches, then the per-meter repair searched again)
     group_searches: int = 8
+    group_searches_per_orphan: int = 2
+    #: a relay whose repair search heard nodes this recently is alive: a read through it
+    #: that fails does not get it declared dead (1,000-meter npl: a node that had just heard
+    #: 4 orphans was declared dead, and its orphans with it)
+    heard_alive_s: float = 300.0
     #: a read whose routes all failed looks for this many more dead relays on the routes
     #: it moves to (one per route that breaks)
     recover_checks: int = 2
@@ -295,6 +306,21 @@ class EngineTuning:
     save_period: float = 3600.0
     #: medium recorded for search reports (the module does not say); "rf" for RF modules
     search_medium: str = "plc"
+
+    @classmethod
+    def for_comm_mode(cls, comm_mode: int | None) -> EngineTuning:
+        """The defaults for a module's 1376.2 communication mode (1, 2: narrowband carrier;
+        3: broadband HPLC; 10: micro-power RF).
+
+        Broadband and RF: the CCO's search is made again once at most (its third search cost
+        0.7 s per new node where proxies take 0.25 s) and the completeness sweep ends after 60
+        empty searches (it found nothing more after that on HPLC). 1,000-meter hplc street,
+        seed 1: formation 351 -> 276 sim-s, 1000/1000, route quality 97.5 %; 2,040: 2040/2040.
+        Narrowband keeps both: its root search is cheap per node and its sweep needed 250
+        empty searches to find the last nodes (1,000 npl 1000/1000)."""
+        if comm_mode in (3, 10):
+            return cls(root_repeats=1, sweep_empty=60)
+        return cls()
 
 
 class _SearchLock(asyncio.Lock):
@@ -370,7 +396,7 @@ class Mesh:
         self.topology = topology
         self.clock = clock
         self.config = config or MeshConfig()
-        self.tuning = tuning or EngineTuning()
+        self.tuning = tuning or EngineTuning.for_comm_mode(getattr(driver, "comm_mode", None))
         self.db = db
         self.on_event = on_event
         self.stats = _Stats()
@@ -398,6 +424,12 @@ class Mesh:
         self._last_read_end = float("-inf")
         self._reads_idle = asyncio.Event()
         self._relay_checked: dict[str, float] = {}  # relay -> when it was last checked
+        #: relay -> its check under way (True: declared dead): reads in flight at once that
+        #: meet the same silent relay wait for that one check, no second probe or repair
+        self._relay_checks: dict[str, asyncio.Task[bool]] = {}
+        #: node -> when a repair search from it last heard nodes (it is alive, see
+        #: ``heard_alive_s``)
+        self._search_heard: dict[str, float] = {}
         self._quick_repaired: dict[str, float] = {}  # node -> last inline repair (exchange)
         self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
         self._last_save: float | None = None
@@ -674,7 +706,9 @@ class Mesh:
         """A search from ``proxy``, made again while it was stopped early (answer cap reached,
         or congested: then with more slots); returns the new nodes of all of them."""
         new = await self._search_from(proxy, level, plug_and_play, slices=slices)
-        for _again in range(self.tuning.max_search_repeats):
+        repeats = self.tuning.root_repeats if proxy == self.root \
+            else self.tuning.max_search_repeats
+        for _again in range(repeats):
             if not self._search_cut:
                 break
             new += await self._search_from(proxy, level, plug_and_play,
@@ -1314,6 +1348,7 @@ class Mesh:
         """
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        since = self._now()  # a relay seen working after this is not the one that failed
         host = self.host_of(address)
         if host not in self.topology:
             log.info("mesh: exchange with unknown meter %s refused", address)
@@ -1352,7 +1387,7 @@ class Mesh:
             self._flush()
             if result.ok:
                 if route is not primary and failed_primary:
-                    await self._check_relays(primary, route)
+                    await self._check_relays(primary, route, since)
                 return ExchangeOutcome(address, result.reply, None, route, attempts,
                                        loop.time() - t0)
             if route is primary and not path_ok and result.deny_code == DENY_SLAVE_SILENT:
@@ -1372,7 +1407,7 @@ class Mesh:
         if not path_ok:
             log.info("mesh: %s unreachable on %d routes", address, attempts)
             if failed_primary:
-                await self._check_relays(primary, None)
+                await self._check_relays(primary, None, since)
             again = await self._recover(address, host, dlt645_bytes, tried)
             if again is not None:
                 route, reply = again
@@ -1409,8 +1444,17 @@ class Mesh:
                 ok, _probes = await self._repair_probes(host)
                 route = topo.primary(host)
                 if not ok or route is None:
-                    return None
+                    # No relay around it answers for it: a repair search is the one way
+                    # left (it finds a node whose links all failed). This read waits for it
+                    # rather than being lost (a meter beside a dead relay, 200-meter feeder).
+                    task = self._start_repair(host, probes=False)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+                    route = topo.primary(host)
+                    if route is None:
+                        return None  # (a path tried before is tried again: just heard)
             tried.add(route.path)
+            since = self._now()
             result = await self._read(address, host, route.path, frame, None)
             path_ok = self._learn(route.path, result, route)
             self._flush()
@@ -1422,56 +1466,118 @@ class Mesh:
                 return None
             # The new route broke as well: another relay on it may be dead (5 % of the relays
             # of a feeder died: a meter's route crossed two of them).
-            await self._check_relays(route, None)
+            await self._check_relays(route, None, since)
         return None
 
-    async def _check_relays(self, failed: Route, good: Route | None) -> None:
+    async def _check_relays(self, failed: Route, good: Route | None,
+                            since: float | None = None) -> None:
         """Find a dead relay behind a broken route and take it out of every route at once.
 
         The relays of ``failed`` that ``good`` (the route that worked, if any) did not use are
-        suspects. Each is read itself along the failed route's prefix, outward from the CCO;
-        the first that stays silent there and on its own primary route is presumed dead
-        (``Topology.mark_node_down``): every route it relayed moves to an alternate now,
-        instead of each of its meters losing one read (and its timeout) to learn it. A relay
-        checked in the last ``relay_check_s`` is not checked again.
+        suspects, outward from the CCO (see ``_check_relay``); the first found dead ends the
+        check. Reads in flight at once meet the same dead relay: a relay already presumed
+        dead explains the broken route (nothing to check), and a relay another read is
+        checking is not probed again: this read waits for that verdict (and the one group
+        repair it starts). A relay seen working since ``since`` (when the failed read was
+        sent) or whose repair search just heard nodes is alive; a relay checked in the last
+        ``relay_check_s`` is not checked again.
         """
         topo = self.topology
         used = set(good.relays) if good is not None else set()
-        now = self._now()
         relays = failed.relays
         for i, r in enumerate(relays):
             if r in used or r not in topo:
                 continue
+            if r in topo.presumed_dead:
+                return  # declared dead meanwhile (another read): its routes have moved
+            pending = self._relay_checks.get(r)
+            if pending is not None:
+                if await asyncio.shield(pending):
+                    return
+                continue
+            if self._alive_lately(r, since):
+                continue
+            now = self._now()
             last = self._relay_checked.get(r)
             if last is not None and now - last < self.tuning.relay_check_s:
                 continue
             self._relay_checked[r] = now
-            if await self.probe(r, relays[:i]):
-                continue
-            own = topo.primary(r)
-            if own is not None and own.relays != relays[:i] and await self.probe(r, own.relays):
-                continue
-            below = [n.address for n in topo.nodes() if n.address not in (self.root, r)
-                     and (rt := topo.primary(n.address)) is not None and r in rt.relays]
-            topo.mark_node_down(r)
-            self._flush()
-            # Its meters with no route left are looked for at once, side by side, not each
-            # when its own read fails (issue 4: a dead relay's orphans).
-            orphans = [a for a in below if a in topo and topo.primary(a) is None]
-            if orphans:
-                log.warning("mesh: relay %s presumed dead, repairing %d nodes with no other "
-                            "route: %s", r, len(orphans), ", ".join(orphans[:8]))
-                self._start_group_repair(r, orphans, [a for a in below if a not in orphans])
-            return
+            task = asyncio.get_running_loop().create_task(
+                self._check_relay(r, relays[:i]), name=f"mesh-check-{r}")
+            self._relay_checks[r] = task
+            task.add_done_callback(
+                lambda t, r=r: self._relay_checks.pop(r, None)
+                if self._relay_checks.get(r) is t else None)
+            if await asyncio.shield(task):
+                return
+
+    def _alive_lately(self, relay: str, since: float | None) -> bool:
+        """True when ``relay`` worked since ``since`` (a read or probe through it, a search
+        report of it) or its repair search heard nodes within ``heard_alive_s``."""
+        topo = self.topology
+        seen = topo.node(relay).last_seen if relay in topo else None
+        if since is not None and seen is not None and seen > since:
+            return True
+        heard = self._search_heard.get(relay)
+        return heard is not None and self._now() - heard < self.tuning.heard_alive_s
+
+    async def _check_relay(self, r: str, prefix: tuple[str, ...]) -> bool:
+        """Read suspect relay ``r`` along ``prefix`` (the broken route's relays before it),
+        then along its own primary; silent on both, it is presumed dead
+        (``Topology.mark_node_down``): every route it relayed moves to an alternate now,
+        instead of each of its meters losing one read (and its timeout) to learn it, and one
+        group repair starts for the nodes it left with no route. True when declared dead."""
+        topo = self.topology
+        t0 = self._now()
+        before = topo.primary(r)
+        if await self.probe(r, prefix):
+            return False
+        # Its own route may cross a relay another read is checking: wait for that verdict.
+        # A route through a dead relay proves nothing about this one: cut off by it, it is
+        # one of that relay's orphans (its group repair brings it back), not dead itself.
+        via = set(before.relays) if before is not None else set()
+        for x in via:
+            pending = self._relay_checks.get(x)
+            if pending is not None and pending is not asyncio.current_task():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
+        own = topo.primary(r)
+        if own is not None:
+            via |= set(own.relays)
+        if via & topo.presumed_dead.keys():
+            log.info("mesh: relay %s silent behind a dead relay: not declared dead", r)
+            return False
+        if own is not None and own.relays != prefix and await self.probe(r, own.relays):
+            return False
+        if self._alive_lately(r, t0):
+            log.info("mesh: relay %s silent to the check but heard meanwhile: alive", r)
+            return False
+        below = [n.address for n in topo.nodes() if n.address not in (self.root, r)
+                 and n.address not in topo.presumed_dead
+                 and (rt := topo.primary(n.address)) is not None and r in rt.relays]
+        topo.mark_node_down(r)
+        self._flush()
+        # Its meters with no route left are looked for at once, side by side, not each
+        # when its own read fails (issue 4: a dead relay's orphans).
+        orphans = [a for a in below if a in topo and topo.primary(a) is None]
+        if orphans:
+            log.warning("mesh: relay %s presumed dead, repairing %d nodes with no other "
+                        "route: %s", r, len(orphans), ", ".join(orphans[:8]))
+            self._start_group_repair(r, orphans, [a for a in below if a not in orphans])
+        return True
 
     # --- repair, replacement, ageing -------------------------------------------------------------
 
-    def _start_repair(self, host: str) -> None:
-        if host in self._repairs and not self._repairs[host].done():
-            return
-        task = asyncio.get_running_loop().create_task(self._repair_bg(host),
+    def _start_repair(self, host: str, probes: bool = True) -> asyncio.Task[None]:
+        """The repair of ``host`` under way (a group repair that has it included), else a new
+        one (``probes``: probe first; False when the caller's probes just failed)."""
+        task = self._repairs.get(host)
+        if task is not None and not task.done():
+            return task
+        task = asyncio.get_running_loop().create_task(self._repair_bg(host, probes),
                                                       name=f"mesh-repair-{host}")
         self._repairs[host] = task
+        return task
 
     def _start_group_repair(self, relay: str, orphans: list[str], siblings: list[str]) -> None:
         """One repair for every node that dead ``relay`` left with no route (see
@@ -1491,10 +1597,10 @@ class Mesh:
         except LinkClosed:
             log.info("mesh: repair behind %s stopped, the module link closed", relay)
 
-    async def _repair_bg(self, host: str) -> None:
+    async def _repair_bg(self, host: str, probes: bool = True) -> None:
         """A background repair; the serial port closing under it ends it quietly."""
         try:
-            await self.repair(host)
+            await self.repair(host, probes=probes)
         except LinkClosed:
             log.info("mesh: repair of %s stopped, the module link closed", host)
 
@@ -1531,20 +1637,26 @@ class Mesh:
         while any(not t.done() for t in self._repairs.values()):
             await asyncio.gather(*self._repairs.values(), return_exceptions=True)
 
-    async def repair(self, address: str) -> bool:
+    async def repair(self, address: str, *, searched: Iterable[str] = (),
+                     probes: bool = True) -> bool:
         """Find a way back to ``address``: probes via its neighbourhood (in parallel), then a
-        repair search from the live nodes around it (which also finds a replacement meter)."""
+        repair search from the live nodes around it (which also finds a replacement meter),
+        except from the nodes in ``searched`` (a group repair searched from them already,
+        with ``address`` out of the module's archive). ``probes`` False: searches only (the
+        caller's probes just failed)."""
         topo = self.topology
         if address not in topo:
             return False
-        ok, probes = await self._repair_probes(address)
-        if ok:
-            log.info("mesh: %s reachable again after %d probes", address, probes)
-            self._emit(RepairDone(address, True, probes, 0))
-            return True
-        searches = await self._repair_search(address)
+        made = 0
+        if probes:
+            ok, made = await self._repair_probes(address)
+            if ok:
+                log.info("mesh: %s reachable again after %d probes", address, made)
+                self._emit(RepairDone(address, True, made, 0))
+                return True
+        searches = await self._repair_search(address, skip=set(searched))
         reachable = address in topo and topo.primary(address) is not None
-        self._emit(RepairDone(address, reachable, probes, searches))
+        self._emit(RepairDone(address, reachable, made, searches))
         return reachable
 
     async def _repair_probes(self, address: str) -> tuple[bool, int]:
@@ -1596,21 +1708,31 @@ class Mesh:
             n = topo.node(w)
             return n.status is NodeStatus.APPROVED and topo.primary(w) is not None \
                 and address not in topo.primary(w).relays
-        out: list[str] = []
-        dead: list[str] = []
-        # Heard in a search report first (a quality): a failed probe's link is no evidence.
-        for nb in sorted(topo.neighbours(address), key=lambda nb: nb.quality is None):
+        score: dict[str, float] = {}
+        dead: list[tuple[str, float]] = []
+        for nb in topo.neighbours(address):
             if nb.address in topo.presumed_dead:
-                dead.append(nb.address)
-            elif live(nb.address) and nb.address not in out:
-                out.append(nb.address)
-        for d in dead:
+                dead.append((nb.address, _evidence(nb)))
+            elif live(nb.address):
+                score[nb.address] = max(score.get(nb.address, 0.0), _evidence(nb))
+        # The neighbours of a dead neighbour (its relay) heard the spot too: a two-hop guess,
+        # but a better one than a link whose reads failed (reported at quality 0).
+        for d, via in dead:
             for nb in topo.neighbours(d):
-                if nb.address != address and live(nb.address) and nb.address not in out:
-                    out.append(nb.address)
+                if nb.address != address and live(nb.address):
+                    guess = 0.9 * via * _evidence(nb)
+                    score[nb.address] = max(score.get(nb.address, 0.0), guess)
+        out = sorted(score, key=lambda w: (-score[w], w))
+        if not out:
+            # No live neighbour of its own or of a dead one (they lost their routes too):
+            # the live nodes two hops out, around its recorded neighbours.
+            for w in [nb.address for nb in topo.neighbours(address)]:
+                for nb in topo.neighbours(w):
+                    if nb.address != address and live(nb.address) and nb.address not in out:
+                        out.append(nb.address)
         return out
 
-    async def _repair_search(self, address: str) -> int:
+    async def _repair_search(self, address: str, skip: set[str] | None = None) -> int:
         """Searches from the live nodes around silent ``address``; returns how many were made.
 
         A node in the module's slave archive does not answer a search (1376.2 AFN11 F5), so
@@ -1619,7 +1741,8 @@ class Mesh:
         swapped in at its spot answers too (``MeterReplacementFound``)."""
         topo = self.topology
         node = topo.node(address)
-        proxies = self._search_proxies(address)[:self.tuning.repair_searches]
+        proxies = [w for w in self._search_proxies(address)
+                   if not skip or w not in skip][:self.tuning.repair_searches]
         if not proxies:
             log.info("mesh: no live node near %s to search from", address)
             return 0
@@ -1656,6 +1779,7 @@ class Mesh:
                     break
                 if topo.node(address).last_seen != seen and topo.primary(address) is not None:
                     log.info("mesh: %s heard again by the search from %s", address, w)
+                    self._search_heard[w] = self._now()
                     break
         finally:
             if address in topo:
@@ -1686,8 +1810,7 @@ class Mesh:
             weight = 1.0 if a == relay else 2.0
             for nb in topo.neighbours(a):
                 if usable(nb.address):
-                    evidence = 1.0 if nb.quality is not None and not nb.down else 0.25
-                    score[nb.address] = score.get(nb.address, 0.0) + weight * evidence
+                    score[nb.address] = score.get(nb.address, 0.0) + weight * _evidence(nb)
         for w in siblings:
             if usable(w):
                 score[w] = score.get(w, 0.0) + 0.5
@@ -1732,10 +1855,13 @@ class Mesh:
         queue = self._group_proxies(relay, waiting, siblings)
         searched: set[str] = set()
         searches = 0
+        # A search hears every orphan around its proxy: a few orphans need few searches.
+        limit = min(tn.group_searches,
+                    max(tn.repair_searches, tn.group_searches_per_orphan * len(waiting)))
         log.info("mesh: repair of %d nodes behind %s: searching from %s", len(waiting), relay,
-                 ", ".join(queue[:tn.group_searches]))
+                 ", ".join(queue[:limit]))
         try:
-            while queue and waiting and searches < tn.group_searches:
+            while queue and waiting and searches < limit:
                 w = queue.pop(0)
                 if w in searched or (w != self.root and (w not in topo
                                                          or topo.primary(w) is None)):
@@ -1765,6 +1891,7 @@ class Mesh:
                     continue
                 log.info("mesh: search from %s heard %d of the %d nodes behind %s", w,
                          len(heard), len(waiting), relay)
+                self._search_heard[w] = self._now()
                 waiting = [a for a in waiting if a not in heard]
                 # Registered again at once (they need not answer the next search), and
                 # searched from next, best heard first.
@@ -1785,7 +1912,7 @@ class Mesh:
                         "one: %s", len(waiting), relay, searches, ", ".join(waiting[:8]))
         for a in waiting:
             if a in topo and topo.primary(a) is None:
-                await self.repair(a)
+                await self.repair(a, searched=searched)
         return searches
 
     def _replacement(self, old: str, new: str, near: str) -> None:
@@ -1878,6 +2005,15 @@ class Mesh:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def _evidence(nb: Any) -> float:
+    """How much a recorded neighbour says the two nodes hear each other: the prior of the
+    quality it was heard at (a search report's, or a read's: a failed read reports about 0),
+    a quarter for a link with no quality or marked down (a probe's outcome only)."""
+    if nb.quality is None or nb.down:
+        return 0.25
+    return quality_prior(nb.quality)
+
 
 def _spread(n: int) -> list[int]:
     """0..n-1 in an order that halves the gaps: 0, then the middle, then the quarters..."""

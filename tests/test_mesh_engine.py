@@ -948,3 +948,88 @@ def test_the_sweep_ends_after_its_empty_searches_in_a_row():
         await driver.close()
         return done.nodes, len(module.searches)
     assert run(main()) == (14, 1 + 4 + 3)
+
+
+# --- repair with reads in flight at once (issue 4) ------------------------------------------
+
+
+def test_two_reads_in_flight_meet_one_dead_relay_and_share_one_repair():
+    """Issue 4: meters ``a`` and ``b`` are read at once (a module with two read slots); both
+    routes run through relay ``r``, which dies, and only a search from ``r``'s live
+    neighbour ``s`` can find them again (no probe helps). The relay is checked once, one
+    group repair makes one search for both, and both reads come back:
+    the second read waits for the first one's check and repair instead of giving up."""
+    async def main():
+        r, s, a, b = addr(1), addr(2), addr(3), addr(4)
+        conc, mod = MemoryLink.pair()
+        module = GraphModule(mod, [(CCO, r), (CCO, s), (r, s), (r, a), (r, b)])
+        driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=2,
+                              read_timeout=30.0)
+        await driver.start()
+        mesh = Mesh(driver, Topology(CCO), clock=LoopClock(datetime(2024, 3, 1)),
+                    config=MeshConfig(probing=False),
+                    tuning=EngineTuning(cover_quality=16, repair_probes=0,
+                                        congestion_rounds=10_000))
+        await mesh.discover()
+        topo = mesh.topology
+        assert topo.primary(a).relays == (r,) and topo.primary(b).relays == (r,)
+        for x, y in ((r, s), (s, r)):  # a search heard r and s each other
+            topo.observe(x, y, True, 12, t=mesh._now())
+        for m in (a, b):              # s hears both meters; the mesh does not know it
+            module.adj[s].add(m)
+            module.adj[m].add(s)
+        module.dead.add(r)
+        searches, reads = len(module.searches), len(module.reads)
+        outs = await asyncio.gather(mesh.exchange(a, REQ), mesh.exchange(b, REQ))
+        await mesh.wait_repairs()
+        assert [o.ok for o in outs] == [True, True]
+        assert all(o.relays == (s,) for o in outs)
+        assert r in topo.presumed_dead
+        # One check of r (straight from the CCO, then along its own route via s), not one
+        # per read.
+        assert [rl for m, rl, _ok in module.reads[reads:] if m == r] == [(), (s,)]
+        assert module.searches[searches:] == [(s,)]  # one group repair, one search
+        await driver.close()
+    run(main())
+
+
+# --- formation: repeats of the CCO's own search (root_repeats) ------------------------------
+
+
+def test_the_root_search_is_made_again_at_most_root_repeats_times():
+    """The CCO hears 10 nodes, 4 answers a round, and the guard's cap is 4: each root search
+    is stopped at the cap and made again (3 searches by default). With ``root_repeats=0``
+    the CCO searches once and the 6 nodes left are found by the proxy that hears them."""
+    from mesh.guard import GuardConfig, MeshGuard
+
+    async def main(repeats):
+        nodes = [addr(i) for i in range(1, 11)]
+        edges = [(CCO, n) for n in nodes] + [(nodes[0], n) for n in nodes[1:]]
+        tuning = EngineTuning(root_slices=4, root_repeats=repeats)
+        module, driver, mesh = await _round_mesh(edges, tuning=tuning, per_round=4,
+                                                 guard=MeshGuard(GuardConfig(flood_cap=4)))
+        done = await mesh.discover()
+        await driver.close()
+        return done.nodes, sum(1 for p in module.searches if not p)
+
+    assert run(main(4)) == (10, 3)
+    assert run(main(0)) == (10, 1)
+
+
+def test_engine_defaults_follow_the_modules_communication_mode():
+    # Broadband (HPLC) and RF repeat the CCO's search once and sweep shorter; narrowband keeps
+    # the long sweep it needs to find its last nodes (EngineTuning.for_comm_mode).
+    hplc, npl = EngineTuning.for_comm_mode(3), EngineTuning.for_comm_mode(1)
+    assert (hplc.root_repeats, hplc.sweep_empty) == (1, 60)
+    assert (npl.root_repeats, npl.sweep_empty) == (EngineTuning().root_repeats, 250)
+    assert EngineTuning.for_comm_mode(10) == hplc and EngineTuning.for_comm_mode(None) == npl
+
+    async def main():
+        conc, _mod = MemoryLink.pair()
+        tunings = []
+        for mode in (3, 1):
+            driver = ModuleDriver(conc, comm_mode=mode, cco_address=CCO)
+            tunings.append(Mesh(driver, Topology(CCO), clock=LoopClock(datetime(2024, 3, 1)),
+                                config=MeshConfig()).tuning)
+        return tunings
+    assert run(main()) == [hplc, npl]
