@@ -28,8 +28,9 @@ is given; everything here decides *which* list.
 * **Learning**: every exchange outcome goes to ``Topology.observe_path`` (the last hop's R4
   signal quality included); search reports give both directions of the proxy-node hop.
 * **Probing**: once discovery has given every node its search route, ``discover`` returns and
-  reading may start; in the background (``wait_alternates()``), with at most half the
-  module's read slots, each node is probed (a cheap DL/T 645 read-address, or a short read for
+  reading may start; in the background (``wait_alternates()``), only while no read has been
+  in flight for ``gap_idle_s`` and with at most half the module's read slots, each node is
+  probed (a cheap DL/T 645 read-address, or a short read for
   collectors and 1997 meters) through candidate relays from its neighbourhood until it has a
   primary and ``alternates`` alternates or the probe budget is spent; then routes whose choice
   is uncertain (``Topology.needs_probe``) are probed along the route itself.
@@ -42,7 +43,16 @@ is given; everything here decides *which* list.
 * **Exchange** (``await exchange(address, dlt645_bytes, priority=...)``): primary route first,
   alternates at once on failure; a node unreachable on every route triggers a background repair
   (probes through its neighbourhood, then a local search from its last known neighbours, which
-  also finds a meter replaced at the same spot under its new address).
+  also finds a meter replaced at the same spot under its new address). A relay suspected after
+  a broken route is checked once however many reads meet it; declared dead, it gets one group
+  repair for every node it left with no route (they are taken out of the module's archive so
+  they answer, and searched for from the relay's live neighbours); reads of those nodes wait
+  for it (``repair_wait_s``).
+* **Reports**: the mesh owns the module's report queue (``drain_reports``): reports outside a
+  search are logged, a search keeps its own (the daemon's drain loop once took every other
+  one, found nodes included).
+* **Defaults by medium**: ``EngineTuning.for_comm_mode`` (HPLC and RF repeat the CCO's search
+  once and sweep shorter than narrowband).
 * **Ageing** (``await age()``): nodes silent longer than ``node_silence_timeout`` are deleted
   from the topology and the module's slave archive; the deletion is reported.
 * **Persistence**: ``save()`` after discovery and from ``maintain()`` every ``save_period``;
