@@ -65,7 +65,10 @@ def _route_quality(d: SimDistrict, sc, topo: Topology, found: set[str]) -> float
         if a not in best:
             continue
         rated += 1
-        ours = _true_p(d, topo.primary(a).path, t)
+        primary = topo.primary(a)
+        if primary is None:
+            continue  # no route at all now (a repair under way): not a good one
+        ours = _true_p(d, primary.path, t)
         theirs = _true_p(d, (sc.concentrator.address, *best[a], a), t)
         good += ours >= theirs - 0.02
     return round(good / max(1, rated), 4)
