@@ -1022,6 +1022,7 @@ def test_engine_defaults_follow_the_modules_communication_mode():
     hplc, npl = EngineTuning.for_comm_mode(3), EngineTuning.for_comm_mode(1)
     assert (hplc.root_repeats, hplc.sweep_empty) == (1, 60)
     assert (npl.root_repeats, npl.sweep_empty) == (EngineTuning().root_repeats, 250)
+    assert npl.uncertain_probes == 0 and hplc.uncertain_probes == EngineTuning().uncertain_probes
     assert EngineTuning.for_comm_mode(10) == hplc and EngineTuning.for_comm_mode(None) == npl
 
     async def main():
