@@ -840,21 +840,27 @@ def test_a_level_ending_in_empty_searches_is_searched_from_its_edge_first():
     assert not found
 
 
-def test_covered_proxies_are_not_searched_after_the_level_ran_dry():
-    """A level whose own proxies found nothing, four in a row, searches none of its covered
-    proxies (heard well by a searched finder, so inside its neighbourhood): 1 + 4 searches,
-    not 1 + 4 + 10."""
+def _covered_level(tuning: EngineTuning) -> tuple[int, int]:
+    """The CCO hears 4 nodes at quality 10 and 10 covered ones at 14, and nothing else
+    exists: (nodes found, searches made) by a discovery with ``tuning``."""
     uncovered = [addr(i) for i in range(1, 5)]
     covered = [addr(i) for i in range(10, 20)]
     edges = [(CCO, n) for n in uncovered + covered]
     quality = {n: 10 for n in uncovered} | {n: 14 for n in covered}
 
     async def main():
-        module, driver, mesh = await _round_mesh(edges, quality, EngineTuning(sweep_empty=0))
+        module, driver, mesh = await _round_mesh(edges, quality, tuning)
         done = await mesh.discover()
         await driver.close()
         return done.nodes, len(module.searches)
-    assert run(main()) == (14, 1 + 4)
+    return run(main())
+
+
+def test_covered_proxies_are_not_searched_after_the_level_ran_dry():
+    """A level whose own proxies found nothing, four in a row, searches none of its covered
+    proxies (heard well by a searched finder, so inside its neighbourhood): 1 + 4 searches,
+    not 1 + 4 + 10."""
+    assert _covered_level(EngineTuning(sweep_empty=0)) == (14, 1 + 4)
 
 
 def test_reading_starts_at_formation_and_alternates_follow_in_the_gaps():
@@ -937,17 +943,7 @@ def test_a_line_behind_a_strongly_heard_node_is_found_completely():
 def test_the_sweep_ends_after_its_empty_searches_in_a_row():
     """With nothing left to find, the sweep costs ``sweep_empty`` short searches and stops,
     even with more never-searched nodes left (here 10 covered ones)."""
-    uncovered = [addr(i) for i in range(1, 5)]
-    covered = [addr(i) for i in range(10, 20)]
-    edges = [(CCO, n) for n in uncovered + covered]
-    quality = {n: 10 for n in uncovered} | {n: 14 for n in covered}
-
-    async def main():
-        module, driver, mesh = await _round_mesh(edges, quality, EngineTuning(sweep_empty=3))
-        done = await mesh.discover()
-        await driver.close()
-        return done.nodes, len(module.searches)
-    assert run(main()) == (14, 1 + 4 + 3)
+    assert _covered_level(EngineTuning(sweep_empty=3)) == (14, 1 + 4 + 3)
 
 
 # --- repair with reads in flight at once (issue 4) ------------------------------------------
