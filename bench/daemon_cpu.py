@@ -78,10 +78,11 @@ def proc_cpu(pid: int) -> float | None:
     return None if t is None else t[0] + t[1]
 
 
-def proc_rss_mb(pid: int) -> float | None:
+def proc_rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """Resident set of ``pid`` in MB (``VmHWM``: its peak so far)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
@@ -411,7 +412,8 @@ async def run_case(meters: int, factor: float, seed: int, out: Path, *, profile:
         res.update({
             "formation": formation, "round": rnd, "idle": idle,
             "status_call_cpu_s": round(status_cpu, 4),
-            "daemon_rss_mb": proc_rss_mb(pid), "daemon_log_errors": dlog.errors,
+            "daemon_rss_mb": proc_rss_mb(pid), "daemon_peak_rss_mb": proc_rss_mb(pid, "VmHWM"),
+            "daemon_log_errors": dlog.errors,
             "wall_s": round(time.monotonic() - t_wall, 1),
             "start_sim": start.isoformat(), "formed_sim": s_formed.sim_now.isoformat(
                 timespec="seconds"), "round_end_sim": s_round.sim_now.isoformat(timespec="seconds"),
@@ -447,6 +449,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the daemon during the round (figures inflated; no JSON)")
     ap.add_argument("--budget", type=float, default=1800.0, help="wall seconds per case")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="write the figures here (default: bench/daemon_cpu.json)")
     ap.add_argument("--as-daemon", help=argparse.SUPPRESS)   # internal: the profiled daemon
     args, rest = ap.parse_known_args()
     if args.as_daemon:
@@ -471,7 +475,8 @@ def main() -> None:
         print(f"  idle: {idle['cpu_s']} s CPU in {idle['sim_s']} sim-s = "
               f"{idle['cpu_per_sim_hour']} s per sim-hour (reads {idle['reads']})")
         print(f"  one control-socket status: {r['status_call_cpu_s']} s CPU; daemon RSS "
-              f"{r['daemon_rss_mb']} MB; wall {r['wall_s']} s", flush=True)
+              f"{r['daemon_rss_mb']} MB (peak {r['daemon_peak_rss_mb']} MB); wall {r['wall_s']} s",
+              flush=True)
         if args.profile:
             print_profile(out / "round.prof")
     if args.profile:
@@ -479,7 +484,7 @@ def main() -> None:
     result = {"generated": datetime.now().isoformat(timespec="seconds"),
               "command": "python bench/daemon_cpu.py " + " ".join(sys.argv[1:]),
               "goal_cpu_per_1000_reads": GOAL_CPU_PER_1000, "cases": cases}
-    path = Path(__file__).with_suffix(".json")
+    path = args.json or Path(__file__).with_suffix(".json")
     path.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     print(f"written {path}")
 

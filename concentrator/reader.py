@@ -259,9 +259,10 @@ class RoundReport:
     line_loss: lineloss.LineLoss | None = None
     #: share reached on the first attempt (``MeterResult.first_attempt_ok``): issue 5's figure
     first_attempt_rate: float = 0.0
-    #: seconds from the first read until every meter that *could* be read was (or the round
-    #: ended): meters whose own clock had not reached the freeze yet (``clock_behind``) are
-    #: left out, nobody can read their freeze earlier; the round's duration for issue 5
+    #: seconds from the first read until the last meter read in the round was: meters whose
+    #: own clock had not reached the freeze yet (``clock_behind``) are left out, nobody can
+    #: read their freeze earlier, and so are meters never read (they are in ``unread``);
+    #: the round's duration for issue 5
     readable_s: float = 0.0
     #: daily frozen: meters found not frozen yet -> seconds their clock was behind midnight
     #: (each read once when its clock passes midnight, or stood in for if that is too late)
@@ -668,9 +669,11 @@ class Reader:
         final = sum(r.ok for r in applicable)
         unread = {r.meter: r.outcome for r in applicable if not r.ok}
         end_wall = self.clock.now()
-        # The round for the meters that could be read: until the last of them was, or the end.
-        readable = [read_at.get(m, duration) for m, r in results.items()
-                    if r.applicable and m not in ctx.clock_behind]
+        # The round for the meters that could be read: until the last of them was. A meter
+        # never read (gone, replaced, unreachable) is in ``unread``; letting it stretch this
+        # figure to the window's end would hide how long the readable meters took.
+        readable = [read_at[m] for m, r in results.items()
+                    if r.applicable and m in read_at and m not in ctx.clock_behind]
         report = RoundReport(
             task=task.name, kind=task.kind.value, opens=opens, closes=closes, start=start_wall,
             end=end_wall, duration_s=duration, first_pass_s=first_pass, meters=n,

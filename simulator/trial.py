@@ -225,6 +225,10 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
     for rep in reader.reports:
         bound, reach, xbound = bounds.get((rep.task, rep.opens), (0.0, set(), 0.0))
         reach_ok = sum(1 for m in reach if rep.results[m].ok)
+        # The same rates over the meters the truth could still reach at the round's end (a
+        # meter replaced or removed meanwhile cannot be read by anyone; ``unread`` lists it).
+        reach_applicable = [m for m in reach if rep.results[m].applicable]
+        reach_first = sum(1 for m in reach_applicable if rep.results[m].first_attempt_ok)
         rounds.append({
             "task": rep.task, "opens": rep.opens.isoformat(), "meters": rep.meters,
             "first_attempt_rate": round(rep.first_attempt_rate, 5),
@@ -243,6 +247,8 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
             "duration_over_exchange_bound": round(rep.duration_s / xbound, 2) if xbound else None,
             "reachable_at_end": len(reach),
             "final_rate_reachable": round(reach_ok / len(reach), 5) if reach else None,
+            "first_attempt_rate_reachable": (round(reach_first / len(reach_applicable), 5)
+                                             if reach_applicable else None),
             "unread": dict(rep.unread), "summary_meter_read": rep.summary_ok})
     daily = [r for r in reader.reports if r.kind == TaskKind.DAILY_FROZEN.value]
     meters: dict[str, Any] = {}

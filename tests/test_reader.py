@@ -213,6 +213,9 @@ def test_a_meter_dead_all_window_is_reported_unread_with_the_reason(tmp_path):
     assert tries[1] - tries[0] <= 3 * 1.0 + 10
     assert 31 <= len(tries) <= 37 and max(tries) < 6 * 3600
     assert store.rounds()[0].unread == {meters[0]: "no_reply:no route answered"}
+    # The round's duration for the meters that were read is not stretched to the window's
+    # end by the one that never answered (it is listed in ``unread`` instead).
+    assert report.duration_s > 5 * 3600 and report.readable_s < 60
 
 
 def test_a_missed_day_is_backfilled_from_the_meters_frozen_records(tmp_path):
