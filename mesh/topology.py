@@ -29,6 +29,7 @@ Only ``approved`` nodes relay; ``discovered``/``archive``/``quarantined`` nodes 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -622,6 +623,16 @@ class Topology:
             if u < v or not self.graph.has_edge(v, u):
                 self.planner.put_edge(u, v, self.hop_metric(u, v))
         self._emit_routes(self.planner.full_recompute(retune))
+
+    def set_quality_weight(self, weight: float) -> None:
+        """Re-weight the signal-quality margin of hop costs (``RouteConfig.quality_weight``;
+        the engine sets it per medium) and re-plan the routes already known."""
+        if weight == self.route_cfg.quality_weight:
+            return
+        self.route_cfg = dataclasses.replace(self.route_cfg, quality_weight=weight)
+        self.planner.cfg = self.route_cfg
+        if self.graph.number_of_edges():
+            self.full_recompute(retune=False)
 
     def refresh(self, t: float) -> None:
         """Let evidence fade up to ``t`` on every link, then recompute all routes."""

@@ -538,3 +538,36 @@ def test_a_nudge_below_the_replan_threshold_is_not_replanned_but_a_failure_is():
         topo.observe(*hop, False, t=5.0, weight=3.0)
     assert topo.planner.version > version
     assert topo.primary(a(20)).relays[-1] != hop[0]
+
+
+def test_a_strong_detour_probed_a_few_times_beats_a_marginal_hop_read_all_night():
+    # The night's reads confirmed the direct quality-7 hop 300 times (the MAC retries hide
+    # its lost frames); a probe found a quality-14 detour and read it 4 times. Its signal
+    # margin, not the count of reads, decides: the marginal hop loses frames once the
+    # morning noise rises.
+    topo = make(2)
+    _learned(topo, ROOT, a(3), quality=7, successes=300)
+    _learned(topo, ROOT, a(2), quality=14, successes=4)
+    _learned(topo, a(2), a(3), quality=14, successes=4)
+    assert topo.primary(a(3)).relays == (a(2),)
+    # A detour as marginal as the direct hop is not worth its extra relay.
+    topo2 = make(2)
+    _learned(topo2, ROOT, a(3), quality=7, successes=300)
+    _learned(topo2, ROOT, a(2), quality=7, successes=4)
+    _learned(topo2, a(2), a(3), quality=14, successes=4)
+    assert topo2.primary(a(3)).relays == ()
+
+
+def test_a_lighter_quality_weight_keeps_the_direct_hop_and_replans_known_routes():
+    # A quality-8 direct hop against a quality-14 detour: HPLC's weight (5.0) takes the
+    # detour; narrowband's (2.5, its extra relay costs more airtime) keeps the direct hop,
+    # and changing the weight re-plans the routes already known.
+    topo = make(2)
+    _learned(topo, ROOT, a(3), quality=8, successes=300)
+    _learned(topo, ROOT, a(2), quality=14, successes=4)
+    _learned(topo, a(2), a(3), quality=14, successes=4)
+    assert topo.primary(a(3)).relays == (a(2),)
+    topo.set_quality_weight(2.5)
+    assert topo.primary(a(3)).relays == ()
+    topo.set_quality_weight(5.0)
+    assert topo.primary(a(3)).relays == (a(2),)

@@ -1030,3 +1030,14 @@ def test_engine_defaults_follow_the_modules_communication_mode():
                                 config=MeshConfig()).tuning)
         return tunings
     assert run(main()) == [hplc, npl]
+
+
+def test_a_narrowband_mesh_weighs_signal_margin_less_than_an_hplc_one():
+    # A narrowband hop costs far more airtime than an HPLC one: a strong detour must beat
+    # a marginal direct hop by more (see RouteConfig.quality_weight).
+    weights = {}
+    for mode in (1, 3):
+        driver = type("Driver", (), {"comm_mode": mode, "max_concurrent": 1})()
+        mesh = Mesh(driver, Topology(CCO), clock=LoopClock(datetime(2024, 3, 1)))
+        weights[mode] = mesh.topology.planner.cfg.quality_weight
+    assert weights == {1: 2.5, 3: 5.0}
