@@ -296,6 +296,11 @@ class EngineTuning:
     #: a relay suspected after a broken route is read (to find out whether it died) at most
     #: once per this many seconds
     relay_check_s: float = 600.0
+    #: probes (the first along the broken route, then along the relay's own routes) that
+    #: must all go unanswered before a relay is declared dead (see ``Mesh._check_relay``).
+    #: Narrowband: 8 (1,000-meter npl feeder, 5 % of the relays dead: 147 of 254 check
+    #: probes of live relays failed, and 3 probes declared 44 live relays dead of 47)
+    relay_check_probes: int = 3
     local_search_minutes: int = 2
     #: repair searches from the live nodes around a silent node (nearest first)
     repair_searches: int = 3
@@ -336,10 +341,11 @@ class EngineTuning:
         uncertain route choices: at ~8 s a probe that runs for many hours while the noise
         moves with the time of day, and it moved primaries off good routes (route quality
         at the first read's hour, seed 1: 1,000 feeder 72.8 -> 86.1 %, 200 feeder 94.5 ->
-        98.5 %, 1,000 street 98.8 -> 99.4 % without it)."""
+        98.5 %, 1,000 street 98.8 -> 99.4 % without it). Its lossy links need more silent
+        probes before a relay is declared dead (``relay_check_probes``)."""
         if comm_mode in (3, 10):
             return cls(root_repeats=1, sweep_empty=60)
-        return cls(uncertain_probes=0, route_quality_weight=2.5)
+        return cls(uncertain_probes=0, relay_check_probes=8, route_quality_weight=2.5)
 
 
 class _SearchLock(asyncio.Lock):
@@ -439,8 +445,10 @@ class Mesh:
         #: distinct answers of the last proxy searches (they size the next one's slots)
         self._answers: list[int] = []
         self._repairs: dict[str, asyncio.Task[None]] = {}
+        self._bg_checks: set[asyncio.Task[None]] = set()  # relay checks after alternate reads
         self._gap_task: asyncio.Task[None] | None = None  # alternates probed after discovery
         self._reads_in_flight = 0  # exchanges under way (background probes wait for none)
+        self._reads_waiting_repair = 0  # ... of them, waiting for a repair under way
         self._sweeping = False  # the completeness sweep is searching (verify what it finds)
         self._last_read_end = float("-inf")
         self._reads_idle = asyncio.Event()
@@ -1380,8 +1388,7 @@ class Mesh:
             # read) may give it a route in a moment: waiting beats losing the read.
             task = self._repairs.get(host)
             if task is not None and not task.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+                await self._wait_repair(task)
             primary = self.topology.primary(host)
         if primary is None:
             log.info("mesh: no route to %s", address)
@@ -1408,7 +1415,10 @@ class Mesh:
             self._flush()
             if result.ok:
                 if route is not primary and failed_primary:
-                    await self._check_relays(primary, route, since)
+                    # The read is done: the check of the relay it suspects goes on without
+                    # holding the read (its probes may wait for a repair search, and a
+                    # daily round's slot held that long slowed the round by minutes).
+                    self._check_relays_bg(primary, route, since)
                 return ExchangeOutcome(address, result.reply, None, route, attempts,
                                        loop.time() - t0)
             if route is primary and not path_ok and result.deny_code == DENY_SLAVE_SILENT:
@@ -1451,8 +1461,7 @@ class Mesh:
                     and not task.done():
                 # Its relay was just declared dead and the repair of everything behind it
                 # is under way: this read waits for it rather than being lost.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+                await self._wait_repair(task)
                 route = topo.primary(host)
                 if route is None or route.path in tried:
                     return None
@@ -1469,8 +1478,7 @@ class Mesh:
                     # left (it finds a node whose links all failed). This read waits for it
                     # rather than being lost (a meter beside a dead relay, 200-meter feeder).
                     task = self._start_repair(host, probes=False)
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+                    await self._wait_repair(task)
                     route = topo.primary(host)
                     if route is None:
                         return None  # (a path tried before is tried again: just heard)
@@ -1489,6 +1497,15 @@ class Mesh:
             # of a feeder died: a meter's route crossed two of them).
             await self._check_relays(route, None, since)
         return None
+
+    async def _wait_repair(self, task: asyncio.Task[None]) -> None:
+        """A read waits (at most ``repair_wait_s``) for the repair that may give it a route."""
+        self._reads_waiting_repair += 1
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+        finally:
+            self._reads_waiting_repair -= 1
 
     async def _check_relays(self, failed: Route, good: Route | None,
                             since: float | None = None) -> None:
@@ -1568,8 +1585,28 @@ class Mesh:
         if via & topo.presumed_dead.keys():
             log.info("mesh: relay %s silent behind a dead relay: not declared dead", r)
             return False
-        if own is not None and own.relays != prefix and await self.probe(r, own.relays):
-            return False
+        # One silent probe is weak evidence: while the repair's searches and the reads hold
+        # the medium, a probe of a live relay often comes back after the module's timeout
+        # (2,040-meter hplc feeder, 5 % of the relays dead: 126 of 260 check probes of live
+        # relays failed, 14 of them straight from the CCO; one failure each got 87 live
+        # relays declared dead, and the 1,000 nodes behind them lost their routes). The relay
+        # is probed again along its own routes (and the broken route's prefix once more)
+        # until ``relay_check_probes`` probes have all gone unanswered. These probes hold the
+        # search lock: a repair search's answer rounds fill the medium around its proxy, and
+        # probes sent under them were lost alike (3 probes without the lock: 92 of the first
+        # 103 relays declared dead were alive).
+        paths = [prefix]
+        for rt in [*([own] if own is not None else []), *topo.routes(r)]:
+            if rt.relays not in paths and not topo.presumed_dead.keys() & set(rt.relays):
+                paths.append(rt.relays)
+        for i in range(1, max(self.tuning.relay_check_probes, len(paths[:3]))):
+            async with self._search_lock:
+                if self._alive_lately(r, t0):
+                    break
+                ok = await self.probe(r, paths[i % min(3, len(paths))])
+            if ok:
+                log.info("mesh: relay %s answered check probe %d: alive", r, i + 1)
+                return False
         if self._alive_lately(r, t0):
             log.info("mesh: relay %s silent to the check but heard meanwhile: alive", r)
             return False
@@ -1653,10 +1690,23 @@ class Mesh:
             log.info("mesh: module report AFN%02X F%d outside a search (node %s)",
                      report.frame.afn, report.frame.fn, report.node)
 
+    def _check_relays_bg(self, failed: Route, good: Route, since: float | None) -> None:
+        """``_check_relays`` in the background (kept until done; see ``wait_repairs``)."""
+        async def check() -> None:
+            try:
+                await self._check_relays(failed, good, since)
+            except LinkClosed:
+                log.info("mesh: relay check of %s stopped, the module link closed",
+                         " > ".join(failed.relays))
+        task = asyncio.get_running_loop().create_task(check(), name="mesh-relay-check")
+        self._bg_checks.add(task)
+        task.add_done_callback(self._bg_checks.discard)
+
     async def wait_repairs(self) -> None:
-        """Wait for the background repairs started by failed exchanges."""
-        while any(not t.done() for t in self._repairs.values()):
-            await asyncio.gather(*self._repairs.values(), return_exceptions=True)
+        """Wait for the background relay checks and repairs started by exchanges."""
+        while any(not t.done() for t in (*self._bg_checks, *self._repairs.values())):
+            await asyncio.gather(*self._bg_checks, *self._repairs.values(),
+                                 return_exceptions=True)
 
     async def repair(self, address: str, *, searched: Iterable[str] = (),
                      probes: bool = True) -> bool:
@@ -1688,6 +1738,12 @@ class Mesh:
         paths: list[tuple[str, ...]] = []
         if (node.level or 99) <= 2 or topo.link(self.root, address) is not None:
             paths.append(())  # straight from the CCO (the root has no route)
+        # Its own routes once more where no relay is presumed dead: the check of a relay that
+        # missed a read often finds it alive (a busy medium), and it carries the node again.
+        for route in topo.routes(address):
+            if route.relays and route.relays not in paths \
+                    and not topo.presumed_dead.keys() & set(route.relays):
+                paths.append(route.relays)
         for w in self._candidates(address, include_down=True):
             if len(paths) >= self.tuning.repair_probes:
                 break  # the rest would be cut off below
@@ -1727,23 +1783,33 @@ class Mesh:
             if w not in topo or w in topo.presumed_dead:
                 return False
             n = topo.node(w)
-            return n.status is NodeStatus.APPROVED and topo.primary(w) is not None \
-                and address not in topo.primary(w).relays
+            route = topo.primary(w)
+            return n.status is NodeStatus.APPROVED and route is not None \
+                and address not in route.relays and len(route.relays) < self._search_depth()
         score: dict[str, float] = {}
+        # Ties (every link down or heard with no quality scores alike) go to the neighbour
+        # with the best estimated two-way delivery, not the lowest address (2,040-meter npl
+        # street: a level-1 meter whose links were all down was searched for from its three
+        # lowest-address neighbours after every failed read, and never heard).
+        two_way: dict[str, float] = {}
+
+        def note(nb: Any, value: float, p_scale: float = 1.0) -> None:
+            score[nb.address] = max(score.get(nb.address, 0.0), value)
+            p = (nb.p_out or nb.p_in or 0.0) * (nb.p_in or nb.p_out or 0.0) * p_scale
+            two_way[nb.address] = max(two_way.get(nb.address, 0.0), p)
         dead: list[tuple[str, float]] = []
         for nb in topo.neighbours(address):
             if nb.address in topo.presumed_dead:
                 dead.append((nb.address, _evidence(nb)))
             elif live(nb.address):
-                score[nb.address] = max(score.get(nb.address, 0.0), _evidence(nb))
+                note(nb, _evidence(nb))
         # The neighbours of a dead neighbour (its relay) heard the spot too: a two-hop guess,
         # but a better one than a link whose reads failed (reported at quality 0).
         for d, via in dead:
             for nb in topo.neighbours(d):
                 if nb.address != address and live(nb.address):
-                    guess = 0.9 * via * _evidence(nb)
-                    score[nb.address] = max(score.get(nb.address, 0.0), guess)
-        out = sorted(score, key=lambda w: (-score[w], w))
+                    note(nb, 0.9 * via * _evidence(nb), 0.5)
+        out = sorted(score, key=lambda w: (-score[w], -two_way[w], w))
         if not out:
             # No live neighbour of its own or of a dead one (they lost their routes too):
             # the live nodes two hops out, around its recorded neighbours.
@@ -1767,6 +1833,13 @@ class Mesh:
         if not proxies:
             log.info("mesh: no live node near %s to search from", address)
             return 0
+        # A search fills the medium around its proxy with answer rounds for up to minutes: in
+        # the middle of a reading round (from the CCO above all, where every read's frames
+        # pass) it made dozens of reads fail on their first route and moved the routes of
+        # whole subtrees (1,000-meter hplc, the second day's round: 2.7 % of first reads
+        # failed, against ~0.5 %). The search for one silent meter waits for the reads to
+        # pause; the reads waiting for a repair do not count (they would wait for each other).
+        await self._reads_pause(address)
         pairs = [(address, 1 if node.protocol == "dlt645-1997" else 2)]
         pairs += [(s, self.archive.get(s, 2)) for s in node.sub_meters]
         try:
@@ -1807,6 +1880,22 @@ class Mesh:
                 await self._register(pairs)
         return searches
 
+    async def _reads_pause(self, address: str) -> None:
+        """Until no exchange is in flight but the ones waiting for a repair."""
+        waited = False
+        while self._reads_in_flight > self._reads_waiting_repair:
+            if not waited:
+                log.info("mesh: repair search for %s waits for the reads to pause", address)
+                waited = True
+            await asyncio.sleep(self.tuning.gap_idle_s)
+
+    def _search_depth(self) -> int:
+        """Relays a repair search's proxy path may have, with the proxy itself: what it hears
+        is reported over that path plus one hop, within the 15 relay levels of 1376.2 (a
+        2,040-meter npl feeder's repair searched from a node 15 relays out, and the report
+        of a level-16 node could not be encoded)."""
+        return min(self.config.max_relay_depth, self.topology.route_cfg.max_relays)
+
     def _group_proxies(self, relay: str, orphans: list[str], siblings: list[str]) -> list[str]:
         """Live nodes to search from for the orphans of dead ``relay``, best first.
 
@@ -1824,7 +1913,8 @@ class Mesh:
             n = topo.node(w)
             route = topo.primary(w)
             return n.status is NodeStatus.APPROVED and route is not None \
-                and relay not in route.relays and not waiting.intersection(route.relays)
+                and relay not in route.relays and not waiting.intersection(route.relays) \
+                and len(route.relays) < self._search_depth()
 
         score: dict[str, float] = {}
         for a in (relay, *orphans):
@@ -1884,8 +1974,9 @@ class Mesh:
         try:
             while queue and waiting and searches < limit:
                 w = queue.pop(0)
-                if w in searched or (w != self.root and (w not in topo
-                                                         or topo.primary(w) is None)):
+                if w in searched or (w != self.root and (
+                        w not in topo or topo.primary(w) is None
+                        or len(topo.primary(w).relays) >= self._search_depth())):
                     continue
                 searched.add(w)
                 searches += 1

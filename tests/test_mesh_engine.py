@@ -981,10 +981,59 @@ def test_two_reads_in_flight_meet_one_dead_relay_and_share_one_repair():
         assert [o.ok for o in outs] == [True, True]
         assert all(o.relays == (s,) for o in outs)
         assert r in topo.presumed_dead
-        # One check of r (straight from the CCO, then along its own route via s), not one
-        # per read.
-        assert [rl for m, rl, _ok in module.reads[reads:] if m == r] == [(), (s,)]
+        # One check of r (relay_check_probes silent probes: straight from the CCO, along its
+        # own route via s, from the CCO again), not one per read.
+        assert [rl for m, rl, _ok in module.reads[reads:] if m == r] == [(), (s,), ()]
         assert module.searches[searches:] == [(s,)]  # one group repair, one search
+        await driver.close()
+    run(main())
+
+
+class LossyModule(GraphModule):
+    """A ``GraphModule`` that loses the next ``drops[node]`` reads of a node (a medium held by
+    other reads and searches: the module's timeout runs out) though every link is alive."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.drops: dict[str, int] = {}
+
+    async def _read(self, f, unit) -> None:
+        meter = f.destination
+        if self.drops.get(meter, 0) > 0:
+            self.drops[meter] -= 1
+            await asyncio.sleep(0.2 * (len(f.relays) + 2))
+            self.reads.append((meter, tuple(f.relays), False))
+            self.send(g.deny(f.seq, 11, COMM, to=f))
+            return
+        await super()._read(f, unit)
+
+
+def test_a_live_relay_that_misses_one_check_probe_is_not_declared_dead():
+    """Issue 4 (2,040-meter feeder: 87 of 99 relays declared dead were alive, each on one
+    probe lost to a busy medium, and their meters lost their routes): the read of ``m`` via
+    its relay ``r`` and the first probe of ``r`` are lost. ``r`` answers the next check
+    probe, so it keeps its links, ``m`` is read through it, and no repair search is made."""
+    async def main():
+        r, s, m = addr(1), addr(2), addr(3)
+        conc, mod = MemoryLink.pair()
+        module = LossyModule(mod, [(CCO, r), (CCO, s), (r, s), (r, m)])
+        driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
+                              read_timeout=30.0)
+        await driver.start()
+        mesh = Mesh(driver, Topology(CCO), clock=LoopClock(datetime(2024, 3, 1)),
+                    config=MeshConfig(probing=False), tuning=EngineTuning(cover_quality=16))
+        await mesh.discover()
+        topo = mesh.topology
+        assert topo.primary(m).relays == (r,)
+        searches, reads = len(module.searches), len(module.reads)
+        module.drops.update({m: 1, r: 1})
+        out = await mesh.exchange(m, REQ)
+        await mesh.wait_repairs()
+        assert out.ok and out.relays == (r,)
+        assert r not in topo.presumed_dead
+        assert topo.primary(m).relays == (r,) and topo.primary(r) is not None
+        assert [ok for x, _rl, ok in module.reads[reads:] if x == r] == [False, True]
+        assert module.searches[searches:] == []
         await driver.close()
     run(main())
 
