@@ -1881,13 +1881,20 @@ class Mesh:
         return searches
 
     async def _reads_pause(self, address: str) -> None:
-        """Until no exchange is in flight but the ones waiting for a repair."""
+        """Until no exchange but the ones waiting for a repair has been in flight for
+        ``gap_idle_s`` (a reading round's reads follow each other closely)."""
+        loop = asyncio.get_running_loop()
         waited = False
-        while self._reads_in_flight > self._reads_waiting_repair:
+        while True:
+            busy = self._reads_in_flight > self._reads_waiting_repair
+            quiet = loop.time() - self._last_read_end
+            if not busy and quiet >= self.tuning.gap_idle_s:
+                return
             if not waited:
                 log.info("mesh: repair search for %s waits for the reads to pause", address)
                 waited = True
-            await asyncio.sleep(self.tuning.gap_idle_s)
+            await asyncio.sleep(self.tuning.gap_idle_s if busy else
+                                max(0.1, self.tuning.gap_idle_s - quiet))
 
     def _search_depth(self) -> int:
         """Relays a repair search's proxy path may have, with the proxy itself: what it hears

@@ -1090,3 +1090,41 @@ def test_a_narrowband_mesh_weighs_signal_margin_less_than_an_hplc_one():
         mesh = Mesh(driver, Topology(CCO), clock=LoopClock(datetime(2024, 3, 1)))
         weights[mode] = mesh.topology.planner.cfg.quality_weight
     assert weights == {1: 2.5, 3: 5.0}
+
+
+def test_a_repair_search_for_one_meter_waits_for_the_rounds_reads_to_pause():
+    """A search fills the medium with answer rounds: started mid-round it failed the round's
+    other reads. The search for one silent meter waits until the other reads pause; the read
+    that asked for it waits for it and is not lost."""
+    from dataclasses import replace
+
+    async def main():
+        r, m, x = addr(1), addr(3), addr(4)
+        module, driver, mesh = await make([(CCO, r), (r, m), (CCO, x)],
+                                          config=MeshConfig(probing=False))
+        mesh.tuning = replace(mesh.tuning, repair_probes=0, congestion_rounds=10_000)
+        await mesh.discover()
+        loop = asyncio.get_running_loop()
+        searched_at: list[float] = []
+        search = module._search
+
+        async def timed(path):
+            searched_at.append(loop.time())
+            await search(path)
+        module._search = timed
+        module.dead.add(m)  # silent for a while: its read fails, a repair search is due
+        loop.call_later(5.0, module.dead.discard, m)
+        round_end = loop.time() + 20.0
+
+        async def round_of_reads() -> None:  # the rest of the round: x read back to back
+            while loop.time() < round_end:
+                assert (await mesh.exchange(x, REQ)).ok
+        other = loop.create_task(round_of_reads())
+        out = await mesh.exchange(m, REQ)
+        await other
+        await mesh.wait_repairs()
+        await driver.close()
+        return out, searched_at, round_end
+    out, searched_at, round_end = run(main())
+    assert out.ok and out.relays == (addr(1),)  # the read waited for the search, not lost
+    assert searched_at and min(searched_at) >= round_end  # no search while the reads ran
