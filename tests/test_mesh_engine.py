@@ -1065,7 +1065,7 @@ def test_engine_defaults_follow_the_modules_communication_mode():
     # Broadband (HPLC) and RF repeat the CCO's search once and sweep shorter; narrowband keeps
     # the long sweep it needs to find its last nodes (EngineTuning.for_comm_mode).
     hplc, npl = EngineTuning.for_comm_mode(3), EngineTuning.for_comm_mode(1)
-    assert (hplc.root_repeats, hplc.sweep_empty) == (1, 60)
+    assert (hplc.root_repeats, hplc.sweep_empty) == (1, 120)
     assert (npl.root_repeats, npl.sweep_empty) == (EngineTuning().root_repeats, 250)
     assert npl.uncertain_probes == 0 and hplc.uncertain_probes == EngineTuning().uncertain_probes
     assert EngineTuning.for_comm_mode(10) == hplc and EngineTuning.for_comm_mode(None) == npl
