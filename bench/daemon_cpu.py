@@ -29,6 +29,8 @@ inflated by the profiler and are not the measurement.
     python bench/daemon_cpu.py                    # 1,000 meters at 20x; writes daemon_cpu.json
     python bench/daemon_cpu.py --factor 20 40     # one case per factor (acceleration check)
     python bench/daemon_cpu.py --profile --out /tmp/dcpu   # + cProfile of the round
+    python bench/daemon_cpu.py --meters 2040 --json bench/daemon_cpu_2040.json  # the daemon's
+                                                  # RSS and CPU on the largest district
 """
 
 from __future__ import annotations
