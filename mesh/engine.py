@@ -1182,11 +1182,14 @@ class Mesh:
         except LinkClosed:
             log.info("mesh: probing for alternates stopped, the module link closed")
 
-    async def _wait_for_quiet(self, pause: float) -> None:
-        """Wait for a pause in the reads (none in flight for ``gap_idle_s``), then ``pause``."""
+    async def _wait_for_quiet(self, pause: float = 0.0, *, but_repair_waits: bool = False) -> None:
+        """Wait for a pause in the reads (none in flight for ``gap_idle_s``), then ``pause``.
+
+        ``but_repair_waits``: reads waiting for a repair do not count (a repair search waits
+        so: those reads wait for it, they would be waiting for each other)."""
         loop = asyncio.get_running_loop()
         while True:
-            if self._reads_in_flight:
+            if self._reads_in_flight > (self._reads_waiting_repair if but_repair_waits else 0):
                 self._reads_idle.clear()
                 await self._reads_idle.wait()
                 continue
@@ -1365,8 +1368,7 @@ class Mesh:
         finally:
             self._reads_in_flight -= 1
             self._last_read_end = asyncio.get_running_loop().time()
-            if not self._reads_in_flight:
-                self._reads_idle.set()
+            self._note_reads_idle()
 
     async def _exchange(self, address: str, dlt645_bytes: bytes, *,
                         priority: bool = False) -> ExchangeOutcome:
@@ -1499,9 +1501,16 @@ class Mesh:
             await self._check_relays(route, None, since)
         return None
 
+    def _note_reads_idle(self) -> None:
+        """Wake the waiters of ``_wait_for_quiet`` once no read is in flight but the ones
+        waiting for a repair (each waiter checks which reads it counts)."""
+        if self._reads_in_flight <= self._reads_waiting_repair:
+            self._reads_idle.set()
+
     async def _wait_repair(self, task: asyncio.Task[None]) -> None:
         """A read waits (at most ``repair_wait_s``) for the repair that may give it a route."""
         self._reads_waiting_repair += 1
+        self._note_reads_idle()
         try:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
@@ -1840,7 +1849,9 @@ class Mesh:
         # whole subtrees (1,000-meter hplc, the second day's round: 2.7 % of first reads
         # failed, against ~0.5 %). The search for one silent meter waits for the reads to
         # pause; the reads waiting for a repair do not count (they would wait for each other).
-        await self._reads_pause(address)
+        if self._reads_in_flight > self._reads_waiting_repair:
+            log.info("mesh: repair search for %s waits for the reads to pause", address)
+        await self._wait_for_quiet(but_repair_waits=True)
         pairs = [(address, 1 if node.protocol == "dlt645-1997" else 2)]
         pairs += [(s, self.archive.get(s, 2)) for s in node.sub_meters]
         try:
@@ -1880,22 +1891,6 @@ class Mesh:
             if address in topo:
                 await self._register(pairs)
         return searches
-
-    async def _reads_pause(self, address: str) -> None:
-        """Until no exchange but the ones waiting for a repair has been in flight for
-        ``gap_idle_s`` (a reading round's reads follow each other closely)."""
-        loop = asyncio.get_running_loop()
-        waited = False
-        while True:
-            busy = self._reads_in_flight > self._reads_waiting_repair
-            quiet = loop.time() - self._last_read_end
-            if not busy and quiet >= self.tuning.gap_idle_s:
-                return
-            if not waited:
-                log.info("mesh: repair search for %s waits for the reads to pause", address)
-                waited = True
-            await asyncio.sleep(self.tuning.gap_idle_s if busy else
-                                max(0.1, self.tuning.gap_idle_s - quiet))
 
     def _search_depth(self) -> int:
         """Relays a repair search's proxy path may have, with the proxy itself: what it hears
