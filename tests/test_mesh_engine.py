@@ -300,14 +300,19 @@ def test_quarantined_unknown_node_is_never_a_relay():
     run(main())
 
 
+async def _meter_about_to_be_replaced():
+    """A relay with meter ``old`` behind it, found; ``new`` beside it, not installed yet."""
+    relay, old, new = addr(1), addr(2), addr(77)
+    events = []
+    module, driver, mesh = await make([(CCO, relay), (relay, old), (relay, new)], events=events)
+    module.dead.add(new)
+    await mesh.discover([relay, old])
+    return relay, old, new, events, module, driver, mesh
+
+
 def test_replaced_meter_is_found_under_its_new_address():
     async def main():
-        relay, old, new = addr(1), addr(2), addr(77)
-        edges = [(CCO, relay), (relay, old), (relay, new)]
-        events = []
-        module, driver, mesh = await make(edges, events=events)
-        module.dead.add(new)  # not installed yet
-        await mesh.discover([relay, old])
+        relay, old, new, events, module, driver, mesh = await _meter_about_to_be_replaced()
         module.dead.add(old)
         module.dead.discard(new)
         out = await mesh.exchange(old, REQ)
@@ -546,12 +551,7 @@ def test_replaced_meter_is_found_within_minutes_while_reports_are_drained():
     found days late. With ``Mesh.drain_reports`` running, the first failed read of the old
     meter finds the new one within minutes, long before the old one ages out."""
     async def main():
-        relay, old, new = addr(1), addr(2), addr(77)
-        edges = [(CCO, relay), (relay, old), (relay, new)]
-        events = []
-        module, driver, mesh = await make(edges, events=events)
-        module.dead.add(new)  # not installed yet
-        await mesh.discover([relay, old])
+        relay, old, new, events, module, driver, mesh = await _meter_about_to_be_replaced()
         drain = asyncio.get_running_loop().create_task(mesh.drain_reports())
         module.dead.add(old)
         module.dead.discard(new)
