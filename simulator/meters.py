@@ -34,7 +34,8 @@ B621-B623/B62F, B630, C010, C011, C032; unknown DI -> ``C1 01 35``. It does not 
 :class:`MeterBank` is the module's view of the meters (``simulator.module.MeterPort``): it
 gives a request to the meters on a node's UART / a collector's RS-485 bus and returns the
 reply with the time it took (``Channel.meter_reply_time``: UART at 2400/1200 baud, first-byte
-latency, collector polling).
+latency, collector polling); a meter silent once is asked once more, as a node's read manager
+does.
 """
 
 from __future__ import annotations
@@ -598,10 +599,16 @@ class MeterBank:
         slave, reply = replies[0]
         raw = d.encode(reply)
         dt = self.channel.meter_reply_time(slave.address, len(request), len(raw), rng, t)
+        if dt is not None:
+            return raw, dt
+        # The node asks its meter once more after the first-byte wait (HiSilicon read manager
+        # "meter-side 1", field-figures §1.1): a reply lost on the UART costs time, not the
+        # read. A meter that is off stays silent the second time too.
+        dt = self.channel.meter_reply_time(slave.address, len(request), len(raw), rng, t + wait)
         if dt is None:
-            log.debug("meter %s: no reply (powered off or lost)", slave.address)
-            return None, wait
-        return raw, dt
+            log.debug("meter %s: no reply twice (powered off or lost)", slave.address)
+            return None, 2 * wait
+        return raw, wait + dt
 
     def broadcast(self, request: bytes, t: float) -> int:
         """Deliver a broadcast (e.g. 0x08 time) to every powered meter."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -444,3 +445,34 @@ def test_new_meter_at_the_same_spot_answers_with_its_new_address():
     raw, _ = bank.exchange(node, d.encode(d.read_request(ev.new, 0x04000401)), after, random.Random(1))
     assert raw is not None and d.decode_value(0x04000401, d.decode(raw).value_bytes) == ev.new
     assert datetime(2024, 1, 1) < sc.start + timedelta(seconds=after)
+
+
+class _LoseFirstReply(random.Random):
+    """Draws as a seeded Random, except that the first draw loses the meter's reply."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.first = True
+
+    def random(self) -> float:
+        if self.first:
+            self.first = False
+            return 0.0
+        return super().random()
+
+
+def test_a_node_asks_its_meter_again_when_the_first_reply_is_lost(street):
+    sc = replace_1997(street)
+    channel = Channel(sc)
+    bank = MeterBank(sc, channel, MeterData(sc))
+    m = sc.meters[0]
+    request = d.encode(d.read_request(m.address, 0x00010000))
+    reply, dt = bank.exchange(m.address, request, T, _LoseFirstReply())
+    # The read succeeds, one first-byte wait later than a meter that answered at once.
+    assert reply is not None and d.decode(reply).address == m.address
+    _, dt_once = bank.exchange(m.address, request, T, random.Random(3))
+    assert dt > dt_once + 0.7
+    # A meter whose node is dead stays silent when asked again: two waits, no reply.
+    channel.set_up(m.address, False, T)
+    gone, dt_gone = bank.exchange(m.address, request, T + 1.0, random.Random(3))
+    assert gone is None and dt_gone > 1.6
