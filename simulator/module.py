@@ -735,7 +735,9 @@ class CarrierModule:
         slots: dict[int, list[str]] = {}
         for a in heard:
             slots.setdefault(self.rng.randrange(slices), []).append(a)
-        slot_len = ch.airtime(40, medium0) + ch.processing_time(medium0)
+        # A slot holds one answer and a guard of one contention slot for the answerers'
+        # timing error; nothing is forwarded during it, so no per-hop processing time.
+        slot_len = ch.airtime(40, medium0) + SLOT_S[medium0]
         found: list[tuple[str, int]] = []
         t_round = self.now()
         for k in range(slices):
