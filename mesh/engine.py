@@ -288,6 +288,19 @@ class EngineTuning:
     #: a primary with a hop heard below this quality (either direction) keeps looking for a
     #: stronger route after its alternates are found (see ``Mesh._weak_primary``)
     weak_quality: int = 9
+    #: ... or a hop whose worst period of the day (``LinkEstimate.p_worst``, both directions)
+    #: carries under this share of the exchanges (0: off): learned by day, a hop that fails
+    #: at noon while it carried every read at night (pumps, workshops) sends the node on
+    #: looking for a route that works at every hour
+    weak_p: float = 0.0
+    #: passes of the background probing made again over the nodes whose primary is weak
+    #: after the last pass (``_weak_primary``): the day's failures are learned on other
+    #: nodes' probes after a node's own turn, when it had no reason to look further
+    weak_passes: int = 0
+    #: plan on each link's worst period of the day (``RouteConfig.worst_period``). HPLC
+    #: keeps the all-day estimates: with them on, 1,000-meter hplc street day-2 first
+    #: attempts 99.9 -> 99.6 %, round 261 -> 276 s (bench/read.py)
+    worst_period: bool = False
     uncertain_std: float = 0.15
     uncertain_probes: int = 2
     probe_timeout: float | None = None
@@ -346,7 +359,8 @@ class EngineTuning:
         probes before a relay is declared dead (``relay_check_probes``)."""
         if comm_mode in (3, 10):
             return cls(root_repeats=1, sweep_empty=120)
-        return cls(uncertain_probes=0, relay_check_probes=8, route_quality_weight=2.5)
+        return cls(uncertain_probes=0, relay_check_probes=8, route_quality_weight=2.5,
+                   weak_p=0.8, weak_passes=1, worst_period=True)
 
 
 class _SearchLock(asyncio.Lock):
@@ -425,6 +439,7 @@ class Mesh:
         self.tuning = tuning or EngineTuning.for_comm_mode(getattr(driver, "comm_mode", None))
         if self.tuning.route_quality_weight is not None:
             topology.set_quality_weight(self.tuning.route_quality_weight)
+        topology.set_worst_period(self.tuning.worst_period)
         self.db = db
         self.on_event = on_event
         self.stats = _Stats()
@@ -1173,9 +1188,15 @@ class Mesh:
                 addr = todo.pop(0)
                 if addr in self.topology and self.topology.node(addr).level:
                     await self._find_alternates(addr, pause=self.tuning.gap_probe_s)
+        workers = max(1, self.driver.max_concurrent // 2)
         try:
-            await asyncio.gather(*(worker() for _ in range(max(1, self.driver.max_concurrent
-                                                               // 2))))
+            await asyncio.gather(*(worker() for _ in range(workers)))
+            for _pass in range(self.tuning.weak_passes):
+                todo = [a for a in nodes if a in self.topology and self._weak_primary(a)]
+                if not todo:
+                    break
+                log.info("mesh: %d nodes have a weak primary: probing them again", len(todo))
+                await asyncio.gather(*(worker() for _ in range(workers)))
             await self.probe_uncertain()
             self.save()
             log.info("mesh: alternates probed for %d nodes", len(nodes))
@@ -1241,16 +1262,22 @@ class Mesh:
     def _weak_primary(self, address: str) -> bool:
         """True when a hop of the primary route was heard below ``weak_quality`` either way:
         it works tonight but has little margin for the evening noise, so a stronger route
-        is worth looking for even when the wanted alternates are already there."""
+        is worth looking for even when the wanted alternates are already there; or when a
+        hop's worst period of the day carries under ``weak_p`` of the exchanges both ways."""
         route = self.topology.primary(address)
         if route is None:
             return False
         for a, b, m in route.hops():
+            two_way = 1.0
             for x, y in ((a, b), (b, a)):
                 est = self.topology.link(x, y, m)
-                if est is not None and est.quality is not None \
-                        and est.quality < self.tuning.weak_quality:
+                if est is None:
+                    continue
+                if est.quality is not None and est.quality < self.tuning.weak_quality:
                     return True
+                two_way *= est.p_worst
+            if two_way < self.tuning.weak_p:
+                return True
         return False
 
     async def _find_alternates(self, address: str, pause: float = 0.0) -> None:

@@ -23,12 +23,24 @@ there, given the current estimates (weak hops take most of the blame, and hops b
 failure point are credited with an expected success). Because a hop with little evidence moves
 more per unit of evidence, the least certain hops also move most.
 
+**By time of day.** PLC noise follows the day (the evening load, pumps and workshops that
+run by day only), so a hop that carries every read at 3 a.m. may lose most frames at noon
+and again every noon after. Besides the all-day evidence each estimate keeps the evidence
+of each ``PERIOD_HOURS``-hour period of the (local) day, fading with ``period_half_life``
+(days: the same hours come back once a day). ``p_worst`` is the posterior of the worst
+period seen, and the planner counts on it (``p_plan``): a primary must stay good at every
+hour a read may come, and night successes no longer outvote the noon failures. Blame for a
+failed exchange is shared by the posteriors of the period it failed in (``p_at``): a
+well-trodden hop that dies by day takes its share instead of leaving it all to the least
+known hop of the path.
+
 Everything here is pure: time is passed in as wall seconds (``clock.now().timestamp()``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +54,17 @@ __all__ = [
 
 #: Media a hop may use; a ``dual`` district has both.
 MEDIA = ("plc", "rf")
+
+#: hours of the day one period of the by-time-of-day evidence spans (6 periods a day)
+PERIOD_HOURS = 4
+PERIODS = 24 // PERIOD_HOURS
+#: evidence of a period below which the period is not counted as seen (``p_worst``)
+PERIOD_MIN_EVIDENCE = 0.5
+
+
+def period_of(t: float) -> int:
+    """Period of the local day (0..PERIODS-1) that wall time ``t`` falls in."""
+    return time.localtime(t).tm_hour // PERIOD_HOURS
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +81,9 @@ class LinkConfig:
     down_after: float = 3.0
     #: how much a new quality report moves the prior mean (exponential moving average)
     quality_alpha: float = 0.3
+    #: half-life of the by-time-of-day evidence: 3 days, so yesterday's noon failures still
+    #: count at tonight's route choice and are confirmed or forgiven by tomorrow's noon
+    period_half_life: float = 3 * 24 * 3600.0
 
 
 def quality_prior(quality: int | None, unknown: float = 0.5) -> float:
@@ -77,7 +103,7 @@ class LinkEstimate:
     """Beta posterior of one directed link's delivery probability (mutable, owned by a Topology)."""
 
     __slots__ = ("prior_mean", "prior_weight", "succ", "fail", "t_last", "down", "consec_fail",
-                 "quality")
+                 "quality", "periods")
 
     def __init__(
         self,
@@ -89,6 +115,7 @@ class LinkEstimate:
         down: bool = False,
         consec_fail: float = 0.0,
         quality: int | None = None,
+        periods: Sequence[Sequence[float]] | None = None,
     ) -> None:
         # Keep the prior strictly inside (0, 1) so ln(p) is always finite.
         self.prior_mean = min(0.999, max(0.001, prior_mean))
@@ -99,6 +126,10 @@ class LinkEstimate:
         self.down = down
         self.consec_fail = consec_fail
         self.quality = quality
+        #: [successes, failures] per period of the day (see module docstring)
+        self.periods = [[0.0, 0.0] for _ in range(PERIODS)]
+        for k, row in enumerate((periods or [])[:PERIODS]):
+            self.periods[k] = [float(row[0]), float(row[1])]
 
     # --- what the planner reads -------------------------------------------------------------
 
@@ -121,6 +152,34 @@ class LinkEstimate:
         """Delivery probability the router may count on: 0 while the link is down."""
         return 0.0 if self.down else self.p
 
+    def _period_p(self, k: int) -> float:
+        s, f = self.periods[k]
+        a = self.prior_mean * self.prior_weight + s
+        b = (1.0 - self.prior_mean) * self.prior_weight + f
+        return a / (a + b)
+
+    def p_at(self, t: float | None) -> float:
+        """Posterior for the period of the day of ``t``: the quality prior and that period's
+        evidence only (the all-day ``p`` when ``t`` is None). Reads at other hours say
+        little about this one: 300 night reads must not make a hop look sure at noon."""
+        if t is None:
+            return self.p
+        return self._period_p(period_of(t))
+
+    @property
+    def p_worst(self) -> float:
+        """Posterior of the worst period of the day with evidence (``p`` when none has)."""
+        worst = self.p
+        for k in range(PERIODS):
+            if sum(self.periods[k]) >= PERIOD_MIN_EVIDENCE:
+                worst = min(worst, self._period_p(k))
+        return worst
+
+    @property
+    def p_plan(self) -> float:
+        """What the planner counts on: the worst period's posterior, 0 while down."""
+        return 0.0 if self.down else self.p_worst
+
     @property
     def std(self) -> float:
         """Posterior standard deviation of ``p``: how unsure we are."""
@@ -135,14 +194,20 @@ class LinkEstimate:
 
     # --- learning ---------------------------------------------------------------------------
 
-    def decay(self, t: float | None, half_life: float) -> None:
-        """Fade the evidence gathered before ``t`` (no-op when time did not move forward)."""
+    def decay(self, t: float | None, half_life: float, period_half_life: float = 0.0) -> None:
+        """Fade the evidence gathered before ``t`` (no-op when time did not move forward);
+        the by-time-of-day evidence fades with ``period_half_life`` (0: kept)."""
         if t is None:
             return
         if self.t_last is not None and t > self.t_last and half_life > 0:
             k = 0.5 ** ((t - self.t_last) / half_life)
             self.succ *= k
             self.fail *= k
+            if period_half_life > 0:
+                kp = 0.5 ** ((t - self.t_last) / period_half_life)
+                for row in self.periods:
+                    row[0] *= kp
+                    row[1] *= kp
         if self.t_last is None or t > self.t_last:
             self.t_last = t
 
@@ -155,10 +220,12 @@ class LinkEstimate:
         quality: int | None = None,
     ) -> bool:
         """Add one (possibly fractional) outcome; return True when ``down`` changed."""
-        self.decay(t, cfg.half_life)
+        self.decay(t, cfg.half_life, cfg.period_half_life)
         was_down = self.down
         if quality is not None:
             self.note_quality(quality, cfg)
+        if t is not None:
+            self.periods[period_of(t)][0 if ok else 1] += weight
         if ok:
             self.succ += weight
             self.consec_fail *= max(0.0, 1.0 - weight)
@@ -197,6 +264,7 @@ class LinkEstimate:
             "down": self.down,
             "consec_fail": self.consec_fail,
             "quality": self.quality,
+            "periods": [[round(s, 4), round(f, 4)] for s, f in self.periods],
         }
 
     def __repr__(self) -> str:

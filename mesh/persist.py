@@ -51,8 +51,11 @@ def _ensure_tables(db: sqlite_utils.Database) -> None:
         db[LINKS].create({
             "src": str, "dst": str, "medium": str, "prior_mean": float, "prior_weight": float,
             "succ": float, "fail": float, "t_last": float, "down": int, "consec_fail": float,
-            "quality": int,
+            "quality": int, "periods": str,
         }, pk=("src", "dst", "medium"))
+    elif "periods" not in db[LINKS].columns_dict:
+        # A store saved before the by-time-of-day evidence: the column comes with this save.
+        db[LINKS].add_column("periods", str)
     if not db[ROUTES].exists():
         db[ROUTES].create({
             "address": str, "rank": int, "kind": str, "relays": str, "media": str,
@@ -75,6 +78,7 @@ def save(db: sqlite_utils.Database, topology: Topology, alternates: bool = True)
     for u, v, m, est in topology.links():
         d = est.as_dict()
         d["down"] = int(d["down"])
+        d["periods"] = json.dumps(d["periods"])
         links.append({"src": u, "dst": v, "medium": m, **d})
     routes = []
     for n in topology.nodes():
@@ -135,8 +139,15 @@ def load(
             log.warning("mesh: stored link %s->%s refers to an unknown node, dropped",
                         r["src"], r["dst"])
             continue
+        try:
+            periods = json.loads(r.get("periods") or "[]")
+        except ValueError:
+            log.warning("mesh: stored link %s->%s has unreadable periods, dropped them",
+                        r["src"], r["dst"])
+            periods = []
         est = LinkEstimate(r["prior_mean"], r["prior_weight"], r["succ"], r["fail"],
-                           r["t_last"], bool(r["down"]), r["consec_fail"], r["quality"])
+                           r["t_last"], bool(r["down"]), r["consec_fail"], r["quality"],
+                           periods)
         if not topo.graph.has_edge(r["src"], r["dst"]):
             topo.graph.add_edge(r["src"], r["dst"], links={})
         topo.graph.edges[r["src"], r["dst"]]["links"][r["medium"]] = est

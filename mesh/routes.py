@@ -79,6 +79,12 @@ class RouteConfig:
     #: Narrowband takes 2.5 (``EngineTuning.route_quality_weight``): its hops cost far more
     #: airtime than ``hop_time`` says, and at 5.0 its routes grew longer and worse
     quality_weight: float = 5.0
+    #: plan on each link's worst period of the day (``LinkEstimate.p_plan``) and share the
+    #: blame of a failed exchange by the estimates of its hour (``LinkEstimate.p_at``);
+    #: off: the all-day estimates. Narrowband turns it on (``EngineTuning.worst_period``):
+    #: 1,000-meter npl feeder, seed 1, pumps on the lanes from 6:00 to 19:00: 299 of the
+    #: primaries bad at noon looked good to the all-day estimates, 26 with it
+    worst_period: bool = False
     #: pessimism of the cost: each direction counts at ``p - uncertainty_k * std``, so a hop
     #: known from one weak report does not carry a primary when a better-known path exists.
     #: 1.0 made a hop probed a few times (std ~0.06) cost ~2 s more than one read 300 times:

@@ -462,8 +462,14 @@ class Topology:
                 continue
             # A direction never observed is assumed as good as the other (links are roughly
             # symmetric); a direction known to be down makes the hop unusable on that medium.
-            pf = fwd.p_usable if fwd is not None else back.p_usable  # type: ignore[union-attr]
-            pb = back.p_usable if back is not None else fwd.p_usable  # type: ignore[union-attr]
+            # With ``worst_period`` the worst period of the day counts (``p_plan``): a
+            # primary must stay good at every hour a read may come.
+            if self.route_cfg.worst_period:
+                pf = fwd.p_plan if fwd is not None else back.p_plan  # type: ignore[union-attr]
+                pb = back.p_plan if back is not None else fwd.p_plan  # type: ignore[union-attr]
+            else:
+                pf = fwd.p_usable if fwd is not None else back.p_usable  # type: ignore[union-attr]
+                pb = back.p_usable if back is not None else fwd.p_usable  # type: ignore[union-attr]
             if hop_cost(pf, pb, m, self.route_cfg) is None:
                 continue
             # The route cost is pessimistic (p - k*std) and counts the quality margin.
@@ -571,10 +577,13 @@ class Topology:
             weights = [(1.0, 0.0)] * failed_at + [(0.0, 1.0)] + \
                 [(0.0, 0.0)] * (len(directed) - failed_at - 1)
         else:
+            # Shared by the estimates of this hour's period: a hop that carried every read
+            # all night and dies by day takes its share now (see links.py).
             ps = []
             for a, b, m, _q in directed:
                 est = self.link(a, b, m) or self.link(b, a, m)
-                ps.append(est.p if est is not None else self.link_cfg.unknown_prior)
+                ps.append(self.link_cfg.unknown_prior if est is None else
+                          est.p_at(t) if self.route_cfg.worst_period else est.p)
             weights = distribute_blame(ps)
         for (a, b, m, q), (sw, fw) in zip(directed, weights, strict=True):
             if sw > 1e-6:
@@ -634,11 +643,21 @@ class Topology:
         if self.graph.number_of_edges():
             self.full_recompute(retune=False)
 
+    def set_worst_period(self, on: bool) -> None:
+        """Plan on the links' worst period of the day (``RouteConfig.worst_period``; the
+        engine sets it per medium) and re-plan the routes already known."""
+        if on == self.route_cfg.worst_period:
+            return
+        self.route_cfg = dataclasses.replace(self.route_cfg, worst_period=on)
+        self.planner.cfg = self.route_cfg
+        if self.graph.number_of_edges():
+            self.full_recompute(retune=False)
+
     def refresh(self, t: float) -> None:
         """Let evidence fade up to ``t`` on every link, then recompute all routes."""
         self._tick(t)
         for _u, _v, _m, est in self.links():
-            est.decay(t, self.link_cfg.half_life)
+            est.decay(t, self.link_cfg.half_life, self.link_cfg.period_half_life)
         self.full_recompute()
 
     def rebalance(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime
 
 import pytest
 import sqlite_utils
@@ -571,3 +572,72 @@ def test_a_lighter_quality_weight_keeps_the_direct_hop_and_replans_known_routes(
     assert topo.primary(a(3)).relays == ()
     topo.set_quality_weight(5.0)
     assert topo.primary(a(3)).relays == (a(2),)
+
+
+def _at(hour: int, day: int = 1) -> float:
+    """Wall seconds of ``hour`` o'clock local time (the estimates bucket by the local day)."""
+    return datetime(2024, 3, day, hour, 0, 0).timestamp()
+
+
+def test_a_hop_read_all_night_that_fails_at_noon_loses_the_primary_to_an_all_day_route():
+    # Feeder district: a pump on A's lane runs 6:00-19:00. The A-N hop carried 300 reads in
+    # the night and then failed every read at noon; B-N is as strong and was read a few times
+    # at noon too. The night successes must not outvote the noon failures: the primary of N
+    # is the route that works at every hour.
+    topo = make(3, worst_period=True)
+    A, B, N = a(2), a(3), a(4)
+    for u, v in ((ROOT, A), (ROOT, B)):
+        _learned(topo, u, v, quality=14, successes=50)
+    for x, y in ((A, N), (N, A)):
+        topo.observe(x, y, True, quality=13, t=_at(2), weight=300)
+    for x, y in ((B, N), (N, B)):
+        topo.observe(x, y, True, quality=12, t=_at(2), weight=3)
+    assert topo.primary(N).relays == (A,)  # the well-trodden hop, as long as it works
+    for x, y in ((ROOT, A), (A, ROOT)):
+        topo.observe(x, y, True, t=_at(12), weight=20)  # other reads prove ROOT-A at noon
+    for _ in range(4):
+        topo.observe_path((ROOT, A, N), False, t=_at(12))
+    est = topo.link(A, N)
+    assert est.p > 0.9  # all day long it still looks good ...
+    assert est.p_worst < 0.8  # ... but not at noon (each direction took part of the blame)
+    assert not est.down
+    for x, y in ((B, N), (N, B)):
+        topo.observe(x, y, True, t=_at(12), weight=2)
+    assert topo.primary(N).relays == (B,)
+    # Back in the night, the noon failures still count: tonight's route choice is the one
+    # that will work tomorrow at noon.
+    for x, y in ((A, N), (N, A)):
+        topo.observe(x, y, True, t=_at(3, day=2), weight=20)
+    assert topo.primary(N).relays == (B,)
+
+
+def test_a_failure_at_noon_blames_the_hop_that_fails_at_noon_not_the_least_read_one():
+    # ROOT-A read 300 times at night, A-N heard once: by the all-day estimates a failure
+    # through both lands almost entirely on A-N. At noon A-N has proved itself (read via
+    # another path) while ROOT-A has no noon record: the blame is shared by the noon figures.
+    topo = make(2, worst_period=True)
+    A, N = a(2), a(3)
+    for x, y in ((ROOT, A), (A, ROOT)):
+        topo.observe(x, y, True, quality=14, t=_at(2), weight=300)
+    for x, y in ((A, N), (N, A)):
+        topo.observe(x, y, True, quality=14, t=_at(12), weight=30)
+    before = topo.link(ROOT, A).periods[3][1]
+    topo.observe_path((ROOT, A, N), False, t=_at(13))
+    blamed_root_a = topo.link(ROOT, A).periods[3][1] - before
+    assert blamed_root_a > 0.3  # the all-day figures alone would give it ~0.1
+
+
+def test_by_time_of_day_evidence_survives_a_restart_and_fades_over_days(tmp_path):
+    topo = make(2)
+    A, N = a(2), a(3)
+    _learned(topo, ROOT, A, quality=14, successes=10)
+    for _ in range(3):
+        topo.observe(A, N, False, quality=12, t=_at(12))
+    db = sqlite_utils.Database(tmp_path / "m.db")
+    save(db, topo)
+    back = load(db)
+    assert back.link(A, N).periods == topo.link(A, N).periods
+    assert back.link(A, N).p_worst == pytest.approx(topo.link(A, N).p_worst)
+    est = back.link(A, N)
+    est.decay(_at(12, day=10), LinkConfig().half_life, LinkConfig().period_half_life)
+    assert est.periods[3][1] == pytest.approx(3 * 0.5 ** 3)  # nine days: three half-lives
