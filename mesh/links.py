@@ -84,6 +84,10 @@ class LinkConfig:
     #: half-life of the by-time-of-day evidence: 3 days, so yesterday's noon failures still
     #: count at tonight's route choice and are confirmed or forgiven by tomorrow's noon
     period_half_life: float = 3 * 24 * 3600.0
+    #: keep the by-time-of-day evidence at all (the topology turns it on with
+    #: ``RouteConfig.worst_period``): off, a link carries no per-period lists, which on a
+    #: 2,040-node district's ~78,000 links is tens of MB the HPLC routes would never read
+    by_period: bool = False
 
 
 def quality_prior(quality: int | None, unknown: float = 0.5) -> float:
@@ -126,10 +130,13 @@ class LinkEstimate:
         self.down = down
         self.consec_fail = consec_fail
         self.quality = quality
-        #: [successes, failures] per period of the day (see module docstring)
-        self.periods = [[0.0, 0.0] for _ in range(PERIODS)]
-        for k, row in enumerate((periods or [])[:PERIODS]):
-            self.periods[k] = [float(row[0]), float(row[1])]
+        #: [successes, failures] per period of the day (see module docstring); None until
+        #: the first outcome recorded with ``LinkConfig.by_period``
+        self.periods: list[list[float]] | None = None
+        if periods:
+            self.periods = [[0.0, 0.0] for _ in range(PERIODS)]
+            for k, row in enumerate(periods[:PERIODS]):
+                self.periods[k] = [float(row[0]), float(row[1])]
 
     # --- what the planner reads -------------------------------------------------------------
 
@@ -153,7 +160,7 @@ class LinkEstimate:
         return 0.0 if self.down else self.p
 
     def _period_p(self, k: int) -> float:
-        s, f = self.periods[k]
+        s, f = self.periods[k] if self.periods is not None else (0.0, 0.0)
         a = self.prior_mean * self.prior_weight + s
         b = (1.0 - self.prior_mean) * self.prior_weight + f
         return a / (a + b)
@@ -170,6 +177,8 @@ class LinkEstimate:
     def p_worst(self) -> float:
         """Posterior of the worst period of the day with evidence (``p`` when none has)."""
         worst = self.p
+        if self.periods is None:
+            return worst
         for k in range(PERIODS):
             if sum(self.periods[k]) >= PERIOD_MIN_EVIDENCE:
                 worst = min(worst, self._period_p(k))
@@ -203,7 +212,7 @@ class LinkEstimate:
             k = 0.5 ** ((t - self.t_last) / half_life)
             self.succ *= k
             self.fail *= k
-            if period_half_life > 0:
+            if period_half_life > 0 and self.periods is not None:
                 kp = 0.5 ** ((t - self.t_last) / period_half_life)
                 for row in self.periods:
                     row[0] *= kp
@@ -224,7 +233,9 @@ class LinkEstimate:
         was_down = self.down
         if quality is not None:
             self.note_quality(quality, cfg)
-        if t is not None:
+        if t is not None and cfg.by_period:
+            if self.periods is None:
+                self.periods = [[0.0, 0.0] for _ in range(PERIODS)]
             self.periods[period_of(t)][0 if ok else 1] += weight
         if ok:
             self.succ += weight
@@ -264,7 +275,8 @@ class LinkEstimate:
             "down": self.down,
             "consec_fail": self.consec_fail,
             "quality": self.quality,
-            "periods": [[round(s, 4), round(f, 4)] for s, f in self.periods],
+            "periods": None if self.periods is None else
+            [[round(s, 4), round(f, 4)] for s, f in self.periods],
         }
 
     def __repr__(self) -> str:

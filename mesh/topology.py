@@ -185,6 +185,10 @@ class Topology:
 
     def __post_init__(self) -> None:
         self.root = check_address(self.root)
+        if self.link_cfg.by_period != self.route_cfg.worst_period:
+            # the evidence per period of the day is kept only when the routes plan on it
+            self.link_cfg = dataclasses.replace(self.link_cfg,
+                                                by_period=self.route_cfg.worst_period)
         self.graph = nx.DiGraph()
         self.planner = RoutePlanner(self.root, self.route_cfg)
         self.events: list[Event] = []
@@ -649,6 +653,7 @@ class Topology:
         if on == self.route_cfg.worst_period:
             return
         self.route_cfg = dataclasses.replace(self.route_cfg, worst_period=on)
+        self.link_cfg = dataclasses.replace(self.link_cfg, by_period=on)
         self.planner.cfg = self.route_cfg
         if self.graph.number_of_edges():
             self.full_recompute(retune=False)

@@ -628,7 +628,7 @@ def test_a_failure_at_noon_blames_the_hop_that_fails_at_noon_not_the_least_read_
 
 
 def test_by_time_of_day_evidence_survives_a_restart_and_fades_over_days(tmp_path):
-    topo = make(2)
+    topo = make(2, worst_period=True)
     A, N = a(2), a(3)
     _learned(topo, ROOT, A, quality=14, successes=10)
     for _ in range(3):
@@ -641,3 +641,16 @@ def test_by_time_of_day_evidence_survives_a_restart_and_fades_over_days(tmp_path
     est = back.link(A, N)
     est.decay(_at(12, day=10), LinkConfig().half_life, LinkConfig().period_half_life)
     assert est.periods[3][1] == pytest.approx(3 * 0.5 ** 3)  # nine days: three half-lives
+
+
+def test_an_hplc_topology_keeps_no_evidence_by_time_of_day():
+    # HPLC routes plan on the all-day estimates: a per-period record on each of a large
+    # district's ~78,000 links would be memory for nothing.
+    topo = make(2)
+    A, N = a(2), a(3)
+    topo.observe(A, N, False, quality=12, t=_at(12))
+    assert topo.link(A, N).periods is None
+    assert topo.link(A, N).p_worst == topo.link(A, N).p
+    topo.set_worst_period(True)
+    topo.observe(A, N, False, quality=12, t=_at(12))
+    assert topo.link(A, N).periods[3][1] == pytest.approx(1.0)
