@@ -82,7 +82,7 @@ from concentrator.clock import Clock
 from concentrator.config import MeshConfig
 from mesh import persist
 from mesh.guard import MeshGuard, screen_search
-from mesh.links import quality_prior
+from mesh.links import MEDIA, quality_prior
 from mesh.routes import Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import ExchangeResult, ModuleDriver, ModuleError, ReadFailure
@@ -331,6 +331,12 @@ class EngineTuning:
     recover_checks: int = 2
     #: a read of a node with no route waits this long for the repair under way
     repair_wait_s: float = 120.0
+    #: a repair search's proxy not seen working for this long is probed first; silent, it is
+    #: passed over (not counted as a search): the command of a search from it would not
+    #: reach it, and the search would end at once as if nothing were heard (2,040-meter npl
+    #: street: 5 of the 8 searches for a dead relay's 6 orphans went so, and 4 stayed unread).
+    #: None: never probed (a silent narrowband probe costs its ~6-15 s timeout)
+    proxy_fresh_s: float | None = 60.0
     save_period: float = 3600.0
     #: medium recorded for search reports (the module does not say); "rf" for RF modules
     search_medium: str = "plc"
@@ -476,6 +482,8 @@ class Mesh:
         #: ``heard_alive_s``)
         self._search_heard: dict[str, float] = {}
         self._quick_repaired: dict[str, float] = {}  # node -> last inline repair (exchange)
+        #: silent node -> {proxy: when a repair search for it went out from there}
+        self._searched_for: dict[str, dict[str, float]] = {}
         self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
         self._last_save: float | None = None
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
@@ -1837,7 +1845,7 @@ class Mesh:
         dead: list[tuple[str, float]] = []
         for nb in topo.neighbours(address):
             if nb.address in topo.presumed_dead:
-                dead.append((nb.address, _evidence(nb)))
+                dead.append((nb.address, _heard_before(topo, nb.address, address)))
             elif live(nb.address):
                 note(nb, _evidence(nb))
         # The neighbours of a dead neighbour (its relay) heard the spot too: a two-hop guess,
@@ -1845,15 +1853,31 @@ class Mesh:
         for d, via in dead:
             for nb in topo.neighbours(d):
                 if nb.address != address and live(nb.address):
-                    note(nb, 0.9 * via * _evidence(nb), 0.5)
+                    note(nb, 0.9 * via * _heard_before(topo, d, nb.address), 0.5)
         out = sorted(score, key=lambda w: (-score[w], -two_way[w], w))
-        if not out:
-            # No live neighbour of its own or of a dead one (they lost their routes too):
-            # the live nodes two hops out, around its recorded neighbours.
-            for w in [nb.address for nb in topo.neighbours(address)]:
-                for nb in topo.neighbours(w):
-                    if nb.address != address and live(nb.address) and nb.address not in out:
-                        out.append(nb.address)
+        # Then the live nodes further out (two, then three hops over every link ever heard,
+        # the levels next to its own first): when the nodes around it were searched from
+        # in vain, the next repair searches a wider circle instead of the same proxies
+        # again (2,040-meter hplc feeder: three meters whose one way back was a node never
+        # linked to them were searched for from the same three proxies after every read).
+        level = topo.node(address).level or 1
+        graph = topo.graph
+        dist = {address: 0}
+        frontier = [address]
+        for hops in (1, 2, 3):
+            nxt = []
+            for x in frontier:
+                if x == self.root:
+                    continue  # every level-1 node is two hops from any other through it
+                for w in (*graph.successors(x), *graph.predecessors(x)):
+                    if w not in dist:
+                        dist[w] = hops
+                        nxt.append(w)
+            frontier = nxt
+            if hops > 1:
+                far = [w for w in nxt if w != self.root and w not in score and live(w)]
+                far.sort(key=lambda w: (abs((topo.node(w).level or 0) - (level - 1)), w))
+                out += far
         return out
 
     async def _repair_search(self, address: str, skip: set[str] | None = None) -> int:
@@ -1865,8 +1889,12 @@ class Mesh:
         swapped in at its spot answers too (``MeterReplacementFound``)."""
         topo = self.topology
         node = topo.node(address)
-        proxies = [w for w in self._search_proxies(address)
-                   if not skip or w not in skip][:self.tuning.repair_searches]
+        # Proxies searched from for it lately are not searched again: each repair of a node
+        # still silent searches the next ones out (see ``_search_proxies``).
+        now = self._now()
+        lately = self._searched_for.setdefault(address, {})
+        proxies = [w for w in self._search_proxies(address) if (not skip or w not in skip)
+                   and now - lately.get(w, float("-inf")) >= self.tuning.relay_check_s]
         if not proxies:
             log.info("mesh: no live node near %s to search from", address)
             return 0
@@ -1888,9 +1916,19 @@ class Mesh:
             log.warning("mesh: %s not taken out of the module for a repair search: %s",
                         address, exc)
         searches = 0
+        silent = 0
         try:
             for w in proxies:
+                if searches >= self.tuning.repair_searches \
+                        or silent >= self.tuning.repair_searches:
+                    break
+                if not await self._proxy_answers(w):
+                    silent += 1
+                    log.info("mesh: repair search for %s: proxy %s silent, passed over",
+                             address, w)
+                    continue
                 searches += 1
+                lately[w] = self._now()
                 level = (topo.node(w).level or 0) + 1 if w != self.root else 1
                 log.info("mesh: repair search for %s from %s", address, w)
                 seen = topo.node(address).last_seen
@@ -1918,6 +1956,17 @@ class Mesh:
             if address in topo:
                 await self._register(pairs)
         return searches
+
+    async def _proxy_answers(self, proxy: str) -> bool:
+        """True when a repair search from ``proxy`` would reach it: the CCO, a node seen
+        working within ``proxy_fresh_s``, or one that answers a probe along its route now
+        (a failed probe is learned: the proxy's route moves off the broken hop)."""
+        if proxy == self.root or self.tuning.proxy_fresh_s is None:
+            return True
+        seen = self.topology.node(proxy).last_seen if proxy in self.topology else None
+        if seen is not None and self._now() - seen < self.tuning.proxy_fresh_s:
+            return True
+        return await self.probe(proxy)
 
     def _search_depth(self) -> int:
         """Relays a repair search's proxy path may have, with the proxy itself: what it hears
@@ -1951,7 +2000,11 @@ class Mesh:
             weight = 1.0 if a == relay else 2.0
             for nb in topo.neighbours(a):
                 if usable(nb.address):
-                    score[nb.address] = score.get(nb.address, 0.0) + weight * _evidence(nb)
+                    # (every link of the dead relay was marked down at once and its reads
+                    # failed: scored alike, its neighbours went by address, and the
+                    # 1,000-meter npl feeder's repair searched from three nodes nowhere near)
+                    ev = _heard_before(topo, relay, nb.address) if a == relay else _evidence(nb)
+                    score[nb.address] = score.get(nb.address, 0.0) + weight * ev
         for w in siblings:
             if usable(w):
                 score[w] = score.get(w, 0.0) + 0.5
@@ -1996,6 +2049,7 @@ class Mesh:
         queue = self._group_proxies(relay, waiting, siblings)
         searched: set[str] = set()
         searches = 0
+        silent = 0
         # A search hears every orphan around its proxy: a few orphans need few searches.
         limit = min(tn.group_searches,
                     max(tn.repair_searches, tn.group_searches_per_orphan * len(waiting)))
@@ -2009,7 +2063,13 @@ class Mesh:
                         or len(topo.primary(w).relays) >= self._search_depth())):
                     continue
                 searched.add(w)
+                if silent < limit and not await self._proxy_answers(w):
+                    silent += 1
+                    log.info("mesh: repair behind %s: proxy %s silent, passed over", relay, w)
+                    continue
                 searches += 1
+                for a in waiting:
+                    self._searched_for.setdefault(a, {})[w] = self._now()
                 level = (topo.node(w).level or 0) + 1 if w != self.root else 1
                 # Slots for the orphans still silent (they are most of the answers).
                 slices = tn.proxy_slices
@@ -2155,6 +2215,22 @@ def _evidence(nb: Any) -> float:
     if nb.quality is None or nb.down:
         return 0.25
     return quality_prior(nb.quality)
+
+
+def _heard_before(topo: Topology, dead: str, w: str) -> float:
+    """How well ``w`` and presumed-dead ``dead`` heard each other before it went silent: the
+    link's estimate without its failures (the reads and check probes that found it silent
+    all failed, and failed reads report quality 0, so the recorded quality and estimate of
+    every link of a dead relay look alike; the failures say it died, not how well it was
+    heard), the better direction."""
+    best = 0.0
+    for x, y in ((dead, w), (w, dead)):
+        for m in MEDIA:
+            est = topo.link(x, y, m)
+            if est is not None:
+                best = max(best, est.alpha / (est.alpha + (1.0 - est.prior_mean)
+                                              * est.prior_weight))
+    return best
 
 
 def _spread(n: int) -> list[int]:

@@ -1128,3 +1128,100 @@ def test_a_repair_search_for_one_meter_waits_for_the_rounds_reads_to_pause():
     out, searched_at, round_end = run(main())
     assert out.ok and out.relays == (addr(1),)  # the read waited for the search, not lost
     assert searched_at and min(searched_at) >= round_end  # no search while the reads ran
+
+
+def test_a_dead_relays_repair_searches_first_from_the_neighbour_that_heard_it_best():
+    """Issue 4: relay ``r`` dies and leaves meter ``m`` with no route. Its neighbours ``s1``
+    (heard at quality 3) and ``s2`` (heard at quality 14) are both live; only ``s2`` hears
+    ``m``. Declaring ``r`` dead marked every link of it down at once, which says nothing of
+    how well each neighbour heard it: the group repair still searches from ``s2`` first,
+    not from the lowest address."""
+    from dataclasses import replace
+
+    async def main():
+        r, s1, s2, m = addr(9), addr(2), addr(5), addr(7)
+        edges = [(CCO, r), (CCO, s1), (CCO, s2), (r, s1), (r, s2), (r, m)]
+        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
+        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
+        await mesh.discover()
+        topo = mesh.topology
+        assert topo.primary(m).relays == (r,)
+        for x, y, q in ((r, s1, 3), (s1, r, 3), (r, s2, 14), (s2, r, 14)):
+            topo.observe(x, y, True, q, t=mesh._now())
+        module.adj[s2].add(m)
+        module.adj[m].add(s2)
+        module.dead.add(r)
+        searches = len(module.searches)
+        assert (await mesh.exchange(m, REQ)).ok
+        await mesh.wait_repairs()
+        assert module.searches[searches:] == [(s2,)]
+        assert topo.primary(m).relays == (s2,)
+        await driver.close()
+    run(main())
+
+
+def test_a_repair_passes_over_proxies_it_cannot_reach_and_searches_from_one_it_can():
+    """Issue 4: relay ``r`` dies and leaves meter ``m`` with no route. Its best-heard
+    neighbours ``s1``-``s3`` can no longer be reached from the CCO (the mesh does not know
+    it yet); ``s4`` can, and hears ``m``. A search command that does not reach its proxy ends
+    at once as if nothing were heard: the repair probes each proxy not seen lately first,
+    passes over the silent ones and makes its one search from ``s4``."""
+    from dataclasses import replace
+
+    async def main():
+        r, m = addr(9), addr(8)
+        near = [addr(1), addr(2), addr(3)]
+        s4 = addr(4)
+        edges = [(CCO, r), (CCO, s4), (r, s4), (r, m),
+                 *((CCO, s) for s in near), *((r, s) for s in near)]
+        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
+        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
+        await mesh.discover()
+        topo = mesh.topology
+        assert topo.primary(m).relays == (r,)
+        for s, q in ((near[0], 14), (near[1], 14), (near[2], 14), (s4, 5)):
+            for x, y in ((r, s), (s, r)):
+                topo.observe(x, y, True, q, t=mesh._now())
+        await asyncio.sleep(600)  # nobody read for ten minutes
+        for s in near:
+            module.adj[CCO].discard(s)
+            module.adj[s].discard(CCO)
+        module.adj[s4].add(m)
+        module.adj[m].add(s4)
+        module.dead.add(r)
+        searches = len(module.searches)
+        assert (await mesh.exchange(m, REQ)).ok
+        await mesh.wait_repairs()
+        assert module.searches[searches:] == [(s4,)]
+        assert topo.primary(m).relays == (s4,)
+        await driver.close()
+    run(main())
+
+
+def test_a_meter_not_heard_around_its_dead_relay_is_searched_for_further_out():
+    """Issue 4: relay ``r`` dies; its meter ``m`` is heard by no node ever linked to it, only
+    by ``t``, a neighbour of ``r``'s neighbour ``s``. The searches around ``r`` (from ``s``
+    and the CCO) hear nothing; the meter's own repair then searches the next circle out
+    instead of giving up, hears ``m`` from ``t``, and ``m`` is read again."""
+    from dataclasses import replace
+
+    async def main():
+        r, s, t, m = addr(1), addr(2), addr(3), addr(4)
+        edges = [(CCO, r), (CCO, s), (r, s), (r, m), (s, t)]
+        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
+        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
+        await mesh.discover()
+        topo = mesh.topology
+        assert topo.primary(m).relays == (r,) and topo.primary(t).relays == (s,)
+        for x, y in ((r, s), (s, r)):  # a search heard r and s each other
+            topo.observe(x, y, True, 12, t=mesh._now())
+        module.adj[t].add(m)
+        module.adj[m].add(t)
+        module.dead.add(r)
+        await mesh.exchange(m, REQ)
+        await mesh.wait_repairs()
+        assert (s, t) in module.searches
+        out = await mesh.exchange(m, REQ)
+        assert out.ok and out.relays == (s, t)
+        await driver.close()
+    run(main())
