@@ -335,6 +335,10 @@ class Topology:
             node.first_seen = t
         if node.last_seen is None or t > node.last_seen:
             node.last_seen = t
+        if self.presumed_dead.pop(address, None) is not None:
+            # Heard working (a read through it, a search report): searches and relay checks
+            # may use it again at once, not only after ``revive_presumed_dead``'s hold.
+            log.info("mesh: node %s presumed dead is heard again", address)
 
     def _learn(self, src: str, dst: str, medium: str, ok: bool, t: float | None,
                weight: float, quality: int | None) -> None:

@@ -135,6 +135,27 @@ def test_a_node_presumed_dead_gets_its_routes_back_after_the_hold():
     assert topo.revive_presumed_dead(now=2000.0, hold=600.0) == []     # once
 
 
+def test_a_node_presumed_dead_that_is_heard_working_is_no_longer_presumed_dead():
+    # Declared dead after checks along stale routes, then heard: a read through it (or a
+    # search report) proves it alive, and the engine's searches and relay checks skip nodes
+    # presumed dead, so waiting out the hold would leave its subtree orphaned meanwhile.
+    topo = make(5)
+    link(topo, ROOT, a(2), 0.99, weight=20)
+    link(topo, a(2), a(3), 0.99, weight=20)
+    link(topo, ROOT, a(4), 0.99, weight=20)
+    link(topo, a(4), a(2), 0.99, weight=20)
+    topo.observe(ROOT, a(2), True, t=100.0)
+    topo.mark_node_down(a(2))
+    assert a(2) in topo.presumed_dead
+    topo.observe_path((ROOT, a(4), a(2)), True, t=150.0)
+    assert a(2) not in topo.presumed_dead
+    assert topo.primary(a(2)) is not None
+    # A failed read through it proves nothing: a node presumed dead stays so.
+    topo.mark_node_down(a(2))
+    topo.observe_path((ROOT, a(4), a(2)), False, t=160.0)
+    assert a(2) in topo.presumed_dead
+
+
 def test_a_node_whose_links_all_failed_is_tried_again_after_the_hold():
     # A meter switched off long enough for every link to fail: when it is back it still has no
     # route, and no search hears it (it is registered in the module).
