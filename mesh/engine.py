@@ -297,6 +297,11 @@ class EngineTuning:
     #: after the last pass (``_weak_primary``): the day's failures are learned on other
     #: nodes' probes after a node's own turn, when it had no reason to look further
     weak_passes: int = 0
+    #: a node whose alternates are found but whose primary is weak skips (uncounted) the
+    #: candidate relays whose own route already costs as much as its primary: they cannot
+    #: give a stronger one (2,040-meter hplc feeder, seed 1: 7.97 -> 7.79 frames per node,
+    #: probing done at 24,608 sim-s instead of 29,535; route quality unchanged within noise)
+    skip_dear_candidates: bool = True
     #: plan on each link's worst period of the day (``RouteConfig.worst_period``). HPLC
     #: keeps the all-day estimates: with them on, 1,000-meter hplc street day-2 first
     #: attempts 99.9 -> 99.6 %, round 261 -> 276 s (bench/read.py)
@@ -1308,9 +1313,22 @@ class Mesh:
             # nodes hear the CCO directly; discovery had found 1 in 5 that way).
             tried += 1
             await probe(address, ())
+        def have_alternates() -> bool:
+            return len(topo.routes(address)) >= 1 + self.tuning.alternates
+
         def enough() -> bool:
-            return len(topo.routes(address)) >= 1 + self.tuning.alternates \
-                and not self._weak_primary(address)
+            return have_alternates() and not self._weak_primary(address)
+
+        hop_time = min(self.topology.route_cfg.hop_time.values(), default=0.0)
+
+        def cannot_help(route: Route) -> bool:
+            # Only a stronger primary is wanted, and the relay's own route already costs as
+            # much as the primary: no hop from it can make a cheaper one (hop costs add up
+            # and are positive). Not probed, not counted.
+            if not self.tuning.skip_dear_candidates or not have_alternates():
+                return False
+            primary = topo.primary(address)
+            return primary is not None and route.cost + hop_time >= primary.cost
         # The loop below would stop at its first candidate: skip working the candidates out
         # (a sort of the whole two-hop neighbourhood, a route each: most of the CPU of a round
         # that overlaps the probing for alternates).
@@ -1322,7 +1340,7 @@ class Mesh:
             if tried >= self.tuning.probes_per_node:
                 break
             route = topo.primary(w)
-            if route is None or address in route.relays:
+            if route is None or address in route.relays or cannot_help(route):
                 continue
             tried += 1
             await probe(address, (*route.relays, w))

@@ -1223,5 +1223,45 @@ def test_a_meter_not_heard_around_its_dead_relay_is_searched_for_further_out():
         assert (s, t) in module.searches
         out = await mesh.exchange(m, REQ)
         assert out.ok and out.relays == (s, t)
+
+
+# --- exploring for a stronger primary (issue 4): known answers ------------------------------
+
+def _known_mesh(edges, known):
+    """A mesh whose topology already knows ``known`` (a, b, quality) both ways, every node
+    approved; the module's radio is ``edges``."""
+    async def build():
+        module, driver, mesh = await make(edges)
+        topo = mesh.topology
+        for a, b, q in known:
+            for x in (a, b):
+                if x != CCO:
+                    topo.add_node(x, status="approved", phase=1)
+            for _ in range(3):
+                topo.observe(a, b, True, quality=q, t=0.0)
+                topo.observe(b, a, True, quality=q, t=0.0)
+        return module, driver, mesh
+    return build()
+
+
+# R-A-B-N is N's primary with a weak last hop (quality 5); R-C-D-N and R-A-E-N are its
+# alternates (as weak): N keeps looking for a stronger primary.
+_N = addr(9)
+_A, _B, _C, _D, _E, _J = (addr(i) for i in (1, 2, 3, 4, 5, 8))
+_WEAK = [(CCO, _A, 12), (_A, _B, 12), (_B, _N, 5), (CCO, _C, 12), (_C, _D, 12), (_D, _N, 5),
+         (_A, _E, 12), (_E, _N, 5)]
+
+
+def test_a_candidate_whose_own_route_costs_more_than_the_primary_is_not_probed():
+    # J hears N, but J's own route R-C-D-J has a weaker hop (quality 4) than N's primary:
+    # no route through J can be stronger, so the probe is not made.
+    async def main():
+        edges = [(a, b) for a, b, _q in _WEAK] + [(_D, _J), (_J, _N)]
+        module, driver, mesh = await _known_mesh(edges, [*_WEAK, (_D, _J, 4)])
+        topo = mesh.topology
+        assert topo.primary(_J).cost > topo.primary(_N).cost
+        assert _J in mesh._candidates(_N)
+        await mesh._find_alternates(_N)
+        assert not [relays for meter, relays, _ok in module.reads if _J in relays]
         await driver.close()
     run(main())
