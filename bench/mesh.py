@@ -3,7 +3,8 @@
 For each generated district (layout, meters, channel): formation time from an empty archive
 until every node found has a route, share of the truly reachable nodes found, frames per node
 found; route quality (share of nodes whose primary route's true delivery probability is within
-2 % of the best true route); repair after 5 % of the relays die (simulated seconds until every
+2 % of the best true route), judged when the alternates are probed and, for the same routes,
+at 02:30 and 12:30 (the channel's noise and the feeders' pumps follow the hour); repair after 5 % of the relays die (simulated seconds until every
 affected node is read again, read as the reader does, up to the module's concurrent reads at
 once; reads lost); first-read success after a restart from the saved
 state with no discovery. Then route computation wall time for a 2,040-node topology (full
@@ -75,6 +76,23 @@ def _route_quality(d: SimDistrict, sc, topo: Topology, found: set[str],
     return round(good / max(1, rated), 4)
 
 
+def _day0(sc) -> int:
+    return sc.start.hour * 3600 + sc.start.minute * 60 + sc.start.second
+
+
+def _hour_of(sc, t: float) -> int:
+    return int((_day0(sc) + t) // 3600) % 24
+
+
+def _at_hour(sc, t: float, hour: int) -> float:
+    """The latest scenario time at or before ``t`` that is half past ``hour`` o'clock (the
+    channel's noise depends on the hour of day, so a past hour judges today's routes); the
+    next one when the run has not reached it yet."""
+    wall = _day0(sc) + t
+    at = wall - ((wall - hour * 3600 - 1800) % 86400) - _day0(sc)
+    return at if at >= 0 else at + 86400
+
+
 def _true_p(d: SimDistrict, path: tuple[str, ...], t: float) -> float:
     p = 1.0
     for a, b in zip(path, path[1:], strict=False):
@@ -135,9 +153,15 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
     alternates_s = loop.time() - t0
     frames = mesh.stats.searches + mesh.stats.reads
     quality = _route_quality(d, sc, topo, found)
+    hour_judged = _hour_of(sc, d.now())
     # The same routes judged at the hour of the first read: PLC noise changes by ~9 dB over
     # a day, so a slow (npl) probing that ends in the evening meets another truth.
     quality_same_hour = _route_quality(d, sc, topo, found, t_first_read)
+    # ... and at fixed hours: 02:30 (the daily rounds read at night) and 12:30 (pumps and
+    # workshops run by day on the feeders), so that the figure does not depend on the hour at
+    # which the probing happened to end.
+    quality_by_hour = {f"{h:02d}:30": _route_quality(d, sc, topo, found, _at_hour(sc, d.now(), h))
+                       for h in (2, 12)}
     # Repair: 5 % of the relays die; read every node that routed through them.
     loads = topo.loads()
     relays = sorted(loads, key=lambda r: -loads[r])
@@ -207,6 +231,8 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
         "nodes_with_2_alternates": round(sum(len(topo.routes(a)) >= 3 for a in found)
                                          / max(1, len(found)), 4),
         "route_quality": quality,
+        "route_quality_by_hour": quality_by_hour,
+        "route_quality_hour": hour_judged,
         "profile": _profile(mesh),
         **({"search_log": [list(e) for e in mesh.stats.search_log]} if SEARCH_LOG else {}),
         "repair": {"dead_relays": len(dead), "affected": len(affected),
@@ -303,7 +329,9 @@ def main() -> None:
               f"{r['route_quality_at_first_read']:.1%}), alternates probed by "
               f"{r['alternates_probed_sim_s']} sim-s, {r['frames_per_node_formation']} frames/node "
               f"in formation ({r['frames_per_node']} with the alternates), "
-              f"route quality {r['route_quality']:.1%}, repair {r['repair']['sim_s']} sim-s "
+              f"route quality {r['route_quality']:.1%} at {r['route_quality_hour']}h ("
+              + ", ".join(f"{v:.1%} at {k}" for k, v in r["route_quality_by_hour"].items())
+              + f"), repair {r['repair']['sim_s']} sim-s "
               f"({r['repair']['not_read_first_pass']} of {r['repair']['affected']} not read on "
               f"the first pass, {r['repair']['still_unread']} unread, "
               f"{r['repair']['cut_off_in_truth']} cut off in the truth), restart first reads "
