@@ -6,6 +6,7 @@ runs against the full simulator (``SimDistrict``) to check discovery against the
 """
 
 import asyncio
+import dataclasses
 import logging
 from datetime import datetime
 
@@ -162,6 +163,25 @@ async def make(edges, *, collectors=None, config=None, db=None, archive=None, to
 
 
 REQ = dlt645.encode(dlt645.read_address_request())
+
+
+async def formed_for_repair(edges):
+    """A district formed with no probing, whose repairs search at once (no congestion wait,
+    no probes first): the repair tests' starting point."""
+    module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
+    mesh.tuning = dataclasses.replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
+    await mesh.discover()
+    return module, driver, mesh
+
+
+async def searches_after_relay_dies(module, mesh, relay: str, meter: str) -> list:
+    """Kill ``relay``, read ``meter`` (it must come back) and wait for the repairs: the
+    searches they made (proxy paths)."""
+    module.dead.add(relay)
+    before = len(module.searches)
+    assert (await mesh.exchange(meter, REQ)).ok
+    await mesh.wait_repairs()
+    return module.searches[before:]
 
 
 def chain(n: int) -> list[tuple[str, str]]:
@@ -672,25 +692,18 @@ def test_orphan_heard_again_relays_for_the_orphans_beyond_it():
     """Issue 4: behind dead relay ``r`` lie ``a`` (heard by ``r``'s live neighbour ``s``) and
     ``b`` (heard only by ``a``). The search from ``s`` hears ``a``; ``a`` is searched from
     next and hears ``b``: two searches bring both back, and no search is made per meter."""
-    from dataclasses import replace
 
     async def main():
         r, s, a, b = addr(1), addr(2), addr(3), addr(4)
         edges = [(CCO, r), (CCO, s), (r, s), (r, a), (r, b)]
-        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
-        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
-        await mesh.discover()
+        module, driver, mesh = await formed_for_repair(edges)
         topo = mesh.topology
         for x, y in ((r, s), (s, r)):
             topo.observe(x, y, True, 12, t=mesh._now())
         for x, y in ((s, a), (a, b)):
             module.adj[x].add(y)
             module.adj[y].add(x)
-        module.dead.add(r)
-        searches = len(module.searches)
-        assert (await mesh.exchange(b, REQ)).ok
-        await mesh.wait_repairs()
-        assert module.searches[searches:] == [(s,), (s, a)]
+        assert await searches_after_relay_dies(module, mesh, r, b) == [(s,), (s, a)]
         assert topo.primary(b).relays == (s, a)
         assert (await mesh.exchange(a, REQ)).ok
         await driver.close()
@@ -1136,25 +1149,18 @@ def test_a_dead_relays_repair_searches_first_from_the_neighbour_that_heard_it_be
     ``m``. Declaring ``r`` dead marked every link of it down at once, which says nothing of
     how well each neighbour heard it: the group repair still searches from ``s2`` first,
     not from the lowest address."""
-    from dataclasses import replace
 
     async def main():
         r, s1, s2, m = addr(9), addr(2), addr(5), addr(7)
         edges = [(CCO, r), (CCO, s1), (CCO, s2), (r, s1), (r, s2), (r, m)]
-        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
-        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
-        await mesh.discover()
+        module, driver, mesh = await formed_for_repair(edges)
         topo = mesh.topology
         assert topo.primary(m).relays == (r,)
         for x, y, q in ((r, s1, 3), (s1, r, 3), (r, s2, 14), (s2, r, 14)):
             topo.observe(x, y, True, q, t=mesh._now())
         module.adj[s2].add(m)
         module.adj[m].add(s2)
-        module.dead.add(r)
-        searches = len(module.searches)
-        assert (await mesh.exchange(m, REQ)).ok
-        await mesh.wait_repairs()
-        assert module.searches[searches:] == [(s2,)]
+        assert await searches_after_relay_dies(module, mesh, r, m) == [(s2,)]
         assert topo.primary(m).relays == (s2,)
         await driver.close()
     run(main())
@@ -1166,7 +1172,6 @@ def test_a_repair_passes_over_proxies_it_cannot_reach_and_searches_from_one_it_c
     it yet); ``s4`` can, and hears ``m``. A search command that does not reach its proxy ends
     at once as if nothing were heard: the repair probes each proxy not seen lately first,
     passes over the silent ones and makes its one search from ``s4``."""
-    from dataclasses import replace
 
     async def main():
         r, m = addr(9), addr(8)
@@ -1174,9 +1179,7 @@ def test_a_repair_passes_over_proxies_it_cannot_reach_and_searches_from_one_it_c
         s4 = addr(4)
         edges = [(CCO, r), (CCO, s4), (r, s4), (r, m),
                  *((CCO, s) for s in near), *((r, s) for s in near)]
-        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
-        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
-        await mesh.discover()
+        module, driver, mesh = await formed_for_repair(edges)
         topo = mesh.topology
         assert topo.primary(m).relays == (r,)
         for s, q in ((near[0], 14), (near[1], 14), (near[2], 14), (s4, 5)):
@@ -1188,11 +1191,7 @@ def test_a_repair_passes_over_proxies_it_cannot_reach_and_searches_from_one_it_c
             module.adj[s].discard(CCO)
         module.adj[s4].add(m)
         module.adj[m].add(s4)
-        module.dead.add(r)
-        searches = len(module.searches)
-        assert (await mesh.exchange(m, REQ)).ok
-        await mesh.wait_repairs()
-        assert module.searches[searches:] == [(s4,)]
+        assert await searches_after_relay_dies(module, mesh, r, m) == [(s4,)]
         assert topo.primary(m).relays == (s4,)
         await driver.close()
     run(main())
@@ -1203,14 +1202,11 @@ def test_a_meter_not_heard_around_its_dead_relay_is_searched_for_further_out():
     by ``t``, a neighbour of ``r``'s neighbour ``s``. The searches around ``r`` (from ``s``
     and the CCO) hear nothing; the meter's own repair then searches the next circle out
     instead of giving up, hears ``m`` from ``t``, and ``m`` is read again."""
-    from dataclasses import replace
 
     async def main():
         r, s, t, m = addr(1), addr(2), addr(3), addr(4)
         edges = [(CCO, r), (CCO, s), (r, s), (r, m), (s, t)]
-        module, driver, mesh = await make(edges, config=MeshConfig(probing=False))
-        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0)
-        await mesh.discover()
+        module, driver, mesh = await formed_for_repair(edges)
         topo = mesh.topology
         assert topo.primary(m).relays == (r,) and topo.primary(t).relays == (s,)
         for x, y in ((r, s), (s, r)):  # a search heard r and s each other
