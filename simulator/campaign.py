@@ -616,8 +616,18 @@ async def scenario_kill9(out: Path, epoch: float, factor: float, kills: int = 3,
     async with Campaign(out, epoch=epoch, factor=factor) as c:
         day = c.start.date()
         c.sample_rss()
-        for _ in range(kills):
-            await c.wall_sleep(rng.uniform(min_gap_s, max_gap_s))
+        for k in range(kills):
+            if k == 0:
+                # The first kill falls in formation: a 20-meter district forms in a few wall
+                # seconds at the campaign's speed-up, so a random gap of 1-6 s often missed it.
+                for _poll in range(100):
+                    st = await c.status()
+                    if st is not None and st["discovering"]:
+                        break
+                    await c.wall_sleep(0.1)
+                await c.wall_sleep(rng.uniform(0.0, 0.3))
+            else:
+                await c.wall_sleep(rng.uniform(min_gap_s, max_gap_s))
             st = await c.status()
             phase = ("formation" if st and st["discovering"] else "upload"
                      if st and st["uplink"]["outbox"] else "reading")
