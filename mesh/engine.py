@@ -2246,8 +2246,7 @@ def _heard_before(topo: Topology, dead: str, w: str) -> float:
         for m in MEDIA:
             est = topo.link(x, y, m)
             if est is not None:
-                best = max(best, est.alpha / (est.alpha + (1.0 - est.prior_mean)
-                                              * est.prior_weight))
+                best = max(best, est.p_given(est.succ, 0.0))
     return best
 
 

@@ -151,7 +151,13 @@ class LinkEstimate:
     @property
     def p(self) -> float:
         """Posterior mean delivery probability (ignores ``down``; see ``p_usable``)."""
-        a, b = self.alpha, self.beta
+        return self.p_given(self.succ, self.fail)
+
+    def p_given(self, succ: float, fail: float) -> float:
+        """Posterior mean on this link's prior with the evidence ``succ``/``fail`` instead of
+        its own (a period of the day's; its successes alone, to judge a dead node's link)."""
+        a = self.prior_mean * self.prior_weight + succ
+        b = (1.0 - self.prior_mean) * self.prior_weight + fail
         return a / (a + b)
 
     @property
@@ -161,9 +167,7 @@ class LinkEstimate:
 
     def _period_p(self, k: int) -> float:
         s, f = self.periods[k] if self.periods is not None else (0.0, 0.0)
-        a = self.prior_mean * self.prior_weight + s
-        b = (1.0 - self.prior_mean) * self.prior_weight + f
-        return a / (a + b)
+        return self.p_given(s, f)
 
     def p_at(self, t: float | None) -> float:
         """Posterior for the period of the day of ``t``: the quality prior and that period's

@@ -472,12 +472,9 @@ class Topology:
             # symmetric); a direction known to be down makes the hop unusable on that medium.
             # With ``worst_period`` the worst period of the day counts (``p_plan``): a
             # primary must stay good at every hour a read may come.
-            if self.route_cfg.worst_period:
-                pf = fwd.p_plan if fwd is not None else back.p_plan  # type: ignore[union-attr]
-                pb = back.p_plan if back is not None else fwd.p_plan  # type: ignore[union-attr]
-            else:
-                pf = fwd.p_usable if fwd is not None else back.p_usable  # type: ignore[union-attr]
-                pb = back.p_usable if back is not None else fwd.p_usable  # type: ignore[union-attr]
+            plan = "p_plan" if self.route_cfg.worst_period else "p_usable"
+            pf = getattr(fwd if fwd is not None else back, plan)
+            pb = getattr(back if back is not None else fwd, plan)
             if hop_cost(pf, pb, m, self.route_cfg) is None:
                 continue
             # The route cost is pessimistic (p - k*std) and counts the quality margin.
