@@ -259,7 +259,8 @@ class RoutePlanner:
                 if a in self.dist and self._expandable(a):
                     self._relax(a, b, self.adj[a][b].cost, heap, touched)
         self._run(heap, touched)
-        return self._refresh(touched, hop=(u, v))
+        dearer = metric is None or (old is not None and metric.cost >= old.cost)
+        return self._refresh(touched, hop=(u, v), cheaper=not dearer)
 
     def put_edge(self, u: str, v: str, metric: HopMetric | None) -> None:
         """Set a hop without updating routes (bulk loading; call ``full_recompute`` after)."""
@@ -505,13 +506,15 @@ class RoutePlanner:
         return cost <= (self.path_cost(best) or 0.0) + self.cfg.relief_margin
 
     def _refresh(self, touched: Iterable[str], full: bool = False,
-                 hop: tuple[str, str] | None = None) -> list[str]:
+                 hop: tuple[str, str] | None = None, cheaper: bool = False) -> list[str]:
         """Recompute the primaries that may have changed and report those that did.
 
         ``hop``: the one hop whose cost changed (a link update). Deep nodes (bounded search)
         are then searched again only when their tree branch was touched or the hop lies on
         their path; re-searching all of them on every link update was most of a link
-        change's time at 2,040 nodes. Any other change re-searches every deep node.
+        change's time at 2,040 nodes. A ``cheaper`` hop (or a new one) off a deep node's path
+        may still give it a better one: it is searched again unless no path through the hop
+        can beat its path (``_may_improve``). Any other change re-searches every deep node.
         """
         affected: set[str] = set()
         if full:
@@ -528,7 +531,8 @@ class RoutePlanner:
             stale = set()
             for d in self.deep:
                 dp = self._deep_path.get(d)
-                if d in affected or dp is None or any(h in pair for h in _hops(dp)):
+                if d in affected or dp is None or any(h in pair for h in _hops(dp)) \
+                        or (cheaper and self._may_improve(d, dp, hop)):
                     stale.add(d)
         for d in stale:
             self._deep_path.pop(d, None)
@@ -554,6 +558,26 @@ class RoutePlanner:
                     self.published[n] = new
                 changed.append(n)
         return sorted(changed)
+
+    def _may_improve(self, d: str, path: tuple[str, ...], hop: tuple[str, str]) -> bool:
+        """Whether a path to deep node ``d`` through ``hop`` could beat ``path`` (in the
+        bounded search's metric: costs plus the per-hop surcharge). Through u->v it costs at
+        least dist[u] + hop + dist[d] - dist[v], the tree distances being lower bounds of
+        its two parts (dist[d] <= dist[v] + the part from v to d)."""
+        cost = self.path_cost(path)
+        if cost is None:
+            return True
+        mine = cost + self.hop_surcharge * (len(path) - 1)
+        for a, b in (hop, hop[::-1]):
+            h = self.adj.get(a, {}).get(b)
+            if h is None:
+                continue
+            if a not in self.dist or b not in self.dist or d not in self.dist:
+                return True
+            bound = self.dist[a] + h.cost + self.hop_surcharge + self.dist[d] - self.dist[b]
+            if bound < mine - 1e-9:
+                return True
+        return False
 
     # --- route objects -------------------------------------------------------------------------
 
