@@ -48,6 +48,7 @@ from mesh.engine import Mesh
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
 from simulator.channel import _BITS_PER_UART_BYTE
+from simulator.cpu_split import CpuSplit
 from simulator.district import SimDistrict
 from simulator.meters import DEFAULT_PASSWORD
 from simulator.module import COMM_MODE
@@ -69,6 +70,8 @@ TRIAL_TASKS: dict[str, Task] = {
     "relay": Task("relay", TaskKind.RELAY, dtime(10, 0), dtime(12, 0)),
 }
 
+#: concentrator tasks (``module.function`` of the outermost frame) that do the reading
+READING_TASKS = ("reader.", "driver.", "link.", "summary_meter.")
 MAINTAIN_PERIOD_S = 3600.0  # mesh upkeep period while reading (the daemon's route period)
 
 # Sizes of the daily frozen exchange the lower bound counts: a read request and a reply with
@@ -145,7 +148,7 @@ async def _maintain(mesh: Mesh, period: float) -> None:
 
 
 async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_path: Path,
-                 max_concurrent: int | None) -> dict[str, Any]:
+                 max_concurrent: int | None, cpu_split: CpuSplit | None = None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     # Formation starts at the scenario's start (00:00 for generated districts); the first
     # daily frozen round starts when it is done, if that is inside the 00:05-06:00 window.
@@ -155,6 +158,8 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
     driver = ModuleDriver(district.module_link(), comm_mode=COMM_MODE[scenario.channel],
                           cco_address=scenario.concentrator.address, clock=clock)
     cpu0 = time.process_time()
+    if cpu_split is not None:
+        cpu_split.phase("formation")
     try:
         await driver.start()
         mesh = _make_mesh(driver, scenario.concentrator.address, clock, store)
@@ -198,6 +203,8 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
         until = max(closes for t in tasks for _, closes in t.windows_on(end_day)) \
             + timedelta(minutes=5)
         cpu_sched = time.process_time()
+        if cpu_split is not None:
+            cpu_split.phase("schedule")
         runner = asyncio.create_task(reader.run())
         upkeep = asyncio.create_task(_maintain(mesh, MAINTAIN_PERIOD_S))
         await asyncio.sleep(max(0.0, (until - clock.now()).total_seconds()))
@@ -205,10 +212,25 @@ async def _trial(scenario: Scenario, days: int, task_names: tuple[str, ...], db_
             job.cancel()
         await asyncio.gather(runner, upkeep, return_exceptions=True)
         cpu_end = time.process_time()
+        if cpu_split is not None:
+            cpu_split.phase("report")
         result = _report(scenario, district, store, reader, bounds, formation_s, found,
                          reachable, archive, conc)
         result["cpu_s"] = {"formation": round(cpu_sched - cpu0, 2),
                            "schedule": round(cpu_end - cpu_sched, 2)}
+        if cpu_split is not None:
+            # The concentrator's own CPU (the simulator's taken out by sampling, cpu_split.py).
+            split = cpu_split.report()
+            for ph, cpu in result["cpu_s"].items():
+                share = split.get(ph, {}).get("concentrator_share")
+                reading = cpu_split.task_share(ph, READING_TASKS)
+                split.setdefault(ph, {})["concentrator_cpu_s"] = \
+                    None if share is None else round(share * cpu, 2)
+                # The reads themselves: the reader's tasks (their exchanges through the mesh,
+                # retries and repairs included) and the module link's receive loop, which
+                # also carries the mesh's probes (so this errs high).
+                split[ph]["reading_cpu_s"] = None if reading is None else round(reading * cpu, 2)
+            result["cpu_split"] = split
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return result
     finally:
@@ -297,8 +319,12 @@ def _report(scenario: Scenario, district: SimDistrict, store: Store, reader: Rea
 
 def run_trial(scenario: Scenario, *, days: int = 2, channel: str | None = None,
               tasks: tuple[str, ...] = ("daily_frozen",), db_path: Path | None = None,
-              max_concurrent: int | None = None) -> dict[str, Any]:
-    """Run the trial in virtual time and return the JSON-ready result (see module docstring)."""
+              max_concurrent: int | None = None, cpu_split: bool = False) -> dict[str, Any]:
+    """Run the trial in virtual time and return the JSON-ready result (see module docstring).
+
+    ``cpu_split``: also sample which side spent the CPU (``simulator.cpu_split``) and report
+    the concentrator's own CPU per phase in ``result["cpu_split"]`` (main thread only).
+    """
     if days < 1:
         raise ValueError("days must be at least 1")
     unknown = [t for t in tasks if t not in TRIAL_TASKS]
@@ -309,7 +335,15 @@ def run_trial(scenario: Scenario, *, days: int = 2, channel: str | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         path = db_path or Path(tmp) / "trial.db"
         with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-            return runner.run(_trial(scenario, days, tuple(tasks), path, max_concurrent))
+            sampler = CpuSplit() if cpu_split else None
+            if sampler is not None:
+                sampler.start()
+            try:
+                return runner.run(_trial(scenario, days, tuple(tasks), path, max_concurrent,
+                                         sampler))
+            finally:
+                if sampler is not None:
+                    sampler.stop()
 
 
 def _print_summary(res: dict[str, Any]) -> None:
