@@ -26,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the asyncio frame that runs a task's step: the outermost frame of a task's own stack
+_LOOP_RUN = "asyncio/events.py"
 CONCENTRATOR_PACKAGES = ("concentrator", "mesh", "plc_driver", "uplink")
 #: codecs both the concentrator and the simulator call: they count for the caller
 SHARED_CODECS = ("concentrator/dlt645.py", "concentrator/codec.py", "plc_driver/gdw13762.py",
@@ -91,7 +93,10 @@ class CpuSplit:
             # worker, the mesh's gap probing, a repair, the driver's receive loop).
             root = None
             while f is not None:
-                if _side_of(f.f_code.co_filename, self._cache) == "concentrator":
+                name = f.f_code.co_filename
+                if name.endswith(_LOOP_RUN):
+                    break  # the task's coroutine ends here; above it is the loop's caller
+                if _side_of(name, self._cache) == "concentrator":
                     root = f
                 f = f.f_back
             if root is not None:
