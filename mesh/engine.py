@@ -491,6 +491,7 @@ class Mesh:
         self._searched_for: dict[str, dict[str, float]] = {}
         self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
         self._last_save: float | None = None
+        self._saved: persist.SavedRows | None = None  # the mesh tables as last committed
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._rebuild_hosts()
 
@@ -2192,15 +2193,21 @@ class Mesh:
         """Write the mesh to the store in one transaction; False (logged) when it failed."""
         if self.db is None:
             return False
+        db = _database(self.db)
+        previous, self._saved = self._saved, None  # unknown until this save is committed
         try:
             if hasattr(self.db, "batch"):
                 with self.db.batch():
-                    persist.save(_database(self.db), self.topology)
+                    saved = persist.save(db, self.topology, previous=previous)
             else:
-                persist.save(_database(self.db), self.topology)
+                saved = persist.save(db, self.topology, previous=previous)
         except Exception as exc:  # the store has its own error tree; routing goes on
             log.error("mesh: saving the mesh failed: %s", exc)
             return False
+        if not db.conn.in_transaction:
+            # Committed: the next save writes only what changes from here. Inside a caller's
+            # open transaction it may still roll back, so the next save rewrites it all.
+            self._saved = saved
         self._last_save = self._now()
         return True
 

@@ -389,6 +389,31 @@ def test_persistence_round_trip_restores_routes_and_learning():
     assert db["mesh_routes"].count >= 3
 
 
+def test_a_save_after_a_save_writes_only_what_changed_and_loads_the_same_as_a_full_one():
+    """The hourly save spares the flash: given the last save's rows it writes the changes
+    (and deletes what is gone), and the store then holds what a full rewrite would."""
+    topo = ladder()
+    db = sqlite_utils.Database(memory=True)
+    first = save(db, topo)
+    full_rows = db.conn.total_changes
+    topo.observe_path(topo.primary(a(20)), ok=True, t=2000.0, qualities=[None, None, (12, 10)])
+    before = db.conn.total_changes
+    second = save(db, topo, previous=first)
+    written = db.conn.total_changes - before
+    assert 0 < written < full_rows / 2  # the read's nodes and links, not the whole mesh
+    topo.remove_node(a(7), "silent")
+    second = save(db, topo, previous=second)
+    fresh = sqlite_utils.Database(memory=True)
+    save(fresh, topo)
+    for table in ("mesh_nodes", "mesh_links", "mesh_routes"):
+        assert sorted(map(tuple, db.execute(f"SELECT * FROM {table}").fetchall())) == \
+            sorted(map(tuple, fresh.execute(f"SELECT * FROM {table}").fetchall())), table
+    assert a(7) not in load(db)
+    before = db.conn.total_changes
+    save(db, topo, previous=second)
+    assert db.conn.total_changes == before  # nothing changed, nothing written
+
+
 def test_save_inside_a_store_batch_commits_with_the_batch_and_rolls_back_with_it(tmp_path):
     """The mesh state is part of the caller's transaction: not committed early, and undone
     when the caller's batch fails (sqlite-utils ``with db.conn`` used to commit it early)."""
