@@ -489,6 +489,9 @@ class Mesh:
         self._quick_repaired: dict[str, float] = {}  # node -> last inline repair (exchange)
         #: silent node -> {proxy: when a repair search for it went out from there}
         self._searched_for: dict[str, dict[str, float]] = {}
+        #: relay declared dead and the nodes it relayed -> their level just before (their
+        #: routes are gone, and with them ``Node.level``): where a repair looks around them
+        self._level_before: dict[str, int] = {}
         self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
         self._last_save: float | None = None
         self._saved: persist.SavedRows | None = None  # the mesh tables as last committed
@@ -1677,6 +1680,9 @@ class Mesh:
         below = [n.address for n in topo.nodes() if n.address not in (self.root, r)
                  and n.address not in topo.presumed_dead
                  and (rt := topo.primary(n.address)) is not None and r in rt.relays]
+        for a in (r, *below):
+            if topo.node(a).level:
+                self._level_before[a] = topo.node(a).level
         topo.mark_node_down(r)
         self._flush()
         # Its meters with no route left are looked for at once, side by side, not each
@@ -1863,6 +1869,9 @@ class Mesh:
             two_way[nb.address] = max(two_way.get(nb.address, 0.0), p)
         dead: list[tuple[str, float]] = []
         for nb in topo.neighbours(address):
+            if nb.address != self.root and not _heard(topo, address, nb.address):
+                continue  # known from failed probes only (see ``_heard``); the CCO's own
+                # search hears every node next to it (its failed probe says no more)
             if nb.address in topo.presumed_dead:
                 dead.append((nb.address, _heard_before(topo, nb.address, address)))
             elif live(nb.address):
@@ -1871,32 +1880,17 @@ class Mesh:
         # but a better one than a link whose reads failed (reported at quality 0).
         for d, via in dead:
             for nb in topo.neighbours(d):
-                if nb.address != address and live(nb.address):
+                if nb.address != address and live(nb.address) and _heard(topo, d, nb.address):
                     note(nb, 0.9 * via * _heard_before(topo, d, nb.address), 0.5)
         out = sorted(score, key=lambda w: (-score[w], -two_way[w], w))
-        # Then the live nodes further out (two, then three hops over every link ever heard,
-        # the levels next to its own first): when the nodes around it were searched from
-        # in vain, the next repair searches a wider circle instead of the same proxies
-        # again (2,040-meter hplc feeder: three meters whose one way back was a node never
-        # linked to them were searched for from the same three proxies after every read).
-        level = topo.node(address).level or 1
-        graph = topo.graph
-        dist = {address: 0}
-        frontier = [address]
-        for hops in (1, 2, 3):
-            nxt = []
-            for x in frontier:
-                if x == self.root:
-                    continue  # every level-1 node is two hops from any other through it
-                for w in (*graph.successors(x), *graph.predecessors(x)):
-                    if w not in dist:
-                        dist[w] = hops
-                        nxt.append(w)
-            frontier = nxt
-            if hops > 1:
-                far = [w for w in nxt if w != self.root and w not in score and live(w)]
-                far.sort(key=lambda w: (abs((topo.node(w).level or 0) - (level - 1)), w))
-                out += far
+        # Then the live nodes further out (up to three heard links, nearest the spot first,
+        # see ``_around``): when the nodes around it were searched from in vain, the next
+        # repair searches a wider circle instead of the same proxies again (2,040-meter hplc
+        # feeder: three meters whose one way back was a node never linked to them were
+        # searched for from the same three proxies after every read).
+        level = self._level_before.get(address) or topo.node(address).level or 1
+        out += [w for w in _around(topo, (address, *(d for d, _v in dead)), live, level - 1)
+                if w not in score]
         return out
 
     async def _repair_search(self, address: str, skip: set[str] | None = None) -> int:
@@ -2018,7 +2012,11 @@ class Mesh:
         for a in (relay, *orphans):
             weight = 1.0 if a == relay else 2.0
             for nb in topo.neighbours(a):
-                if usable(nb.address):
+                # Heard links only: a link known from failed probes alone (an alternates
+                # probe through a candidate anywhere in the district) is no sign of a
+                # neighbour, and such links took every search of the repair of 8 orphans
+                # (1,000-meter hplc feeder) to nodes that did not hear them.
+                if usable(nb.address) and _heard(topo, a, nb.address):
                     # (every link of the dead relay was marked down at once and its reads
                     # failed: scored alike, its neighbours went by address, and the
                     # 1,000-meter npl feeder's repair searched from three nodes nowhere near)
@@ -2027,11 +2025,16 @@ class Mesh:
         for w in siblings:
             if usable(w):
                 score[w] = score.get(w, 0.0) + 0.5
-        level = (topo.node(relay).level or 0) if relay in topo else 0
+        level = self._level_before.get(relay) or (topo.node(relay).level or 0
+                                                  if relay in topo else 0)
 
         def key(w: str) -> tuple[float, int, str]:
             return (-score[w], abs((topo.node(w).level or 0) - (level + 1)), w)
-        return [*sorted(score, key=key), self.root]
+        first = sorted(score, key=key)
+        # Then wider, until the orphans are heard: the live nodes around the relay's spot
+        # (see ``_around``), its parent's siblings among them.
+        wider = [w for w in _around(topo, (relay, *orphans), usable, level) if w not in score]
+        return [*first, *wider, self.root]
 
     async def _repair_group(self, relay: str, orphans: list[str], siblings: list[str]) -> int:
         """Bring back every node dead ``relay`` left with no route, with one set of searches.
@@ -2255,6 +2258,64 @@ def _heard_before(topo: Topology, dead: str, w: str) -> float:
             if est is not None:
                 best = max(best, est.p_given(est.succ, 0.0))
     return best
+
+
+def _heard(topo: Topology, x: str, w: str) -> bool:
+    """True when ``x`` and ``w`` were ever heard over their link (either direction): a search
+    report or a read gave it a quality above 0, or at least one whole exchange went over it.
+    A link known only from failed probes (quality 0 and a fraction of a success from blame
+    sharing) says nothing about where the node stands: an alternates probe tries candidate
+    relays anywhere, and a dead relay's orphans were linked so to nodes that never heard them
+    (1,000-meter hplc feeder: searches for 12 orphans went from such nodes only)."""
+    for u, v in ((x, w), (w, x)):
+        for m in MEDIA:
+            est = topo.link(u, v, m)
+            if est is not None and ((est.quality or 0) > 0 or est.succ >= 1.0):
+                return True
+    return False
+
+
+def _heard_neighbours(topo: Topology, x: str) -> set[str]:
+    """The nodes ``x`` was heard with (see ``_heard``)."""
+    g = topo.graph
+    if x not in g:
+        return set()
+    return {w for w in (*g.successors(x), *g.predecessors(x)) if _heard(topo, x, w)}
+
+
+def _around(topo: Topology, centre: Iterable[str], usable: Callable[[str], bool],
+            level: int, hops: int = 3) -> list[str]:
+    """Usable nodes up to ``hops`` heard links out from ``centre`` (a dead relay and the
+    nodes it left, or one silent node), the likeliest to hear the centre's spot first.
+
+    The concentrator knows few links between nodes of one level (a registered node does not
+    answer the searches of its siblings), so the live nodes that hear a dead relay's orphans
+    are mostly two or three heard links away from it. Nodes sharing more heard neighbours
+    with the centre and the nodes around it stand nearer; ties go to the level next to
+    ``level`` (1,000-meter hplc feeder, seed 1: 86 usable nodes lay within three heard
+    links of a dead level-4 relay and its 8 orphans, 14 of them hearing an orphan; the
+    group repair's 7th search, the 4th in this order, heard all 8).
+    """
+    centre = [c for c in centre if c in topo]
+    dist: dict[str, int] = {c: 0 for c in centre}
+    frontier = list(centre)
+    nbs: dict[str, set[str]] = {}
+    for hop in range(1, hops + 1):
+        nxt = []
+        for x in frontier:
+            if x == topo.root or (hop > 1 and x in topo.presumed_dead):
+                continue  # every level-1 node is two links from any other through the CCO
+            nbs[x] = nbs.get(x) or _heard_neighbours(topo, x)
+            for w in sorted(nbs[x]):
+                if w not in dist:
+                    dist[w] = hop
+                    nxt.append(w)
+        frontier = nxt
+    core = set(centre).union(*(nbs.get(c, set()) for c in centre))
+    out = [w for w in dist if dist[w] > 0 and w != topo.root and usable(w)]
+    shared = {w: len((nbs.get(w) or _heard_neighbours(topo, w)) & core) for w in out}
+    out.sort(key=lambda w: (-shared[w], abs((topo.node(w).level or 0) - level), dist[w], w))
+    return out
 
 
 def _spread(n: int) -> list[int]:

@@ -1221,6 +1221,38 @@ def test_a_meter_not_heard_around_its_dead_relay_is_searched_for_further_out():
         assert out.ok and out.relays == (s, t)
 
 
+def test_an_orphan_linked_only_by_failed_probes_is_searched_for_beside_its_dead_relay():
+    """Issue 4: relay ``r`` (level 2, behind ``p``) dies; its meter ``m`` is heard by ``t``,
+    ``r``'s sibling under ``p``, which the mesh never linked to ``m`` or ``r``. ``m``'s other
+    links are failed alternates probes through six level-1 nodes far away (quality 0): they
+    say nothing of where ``m`` stands. The repair searches from ``r``'s parent, then from
+    the nodes next to it (``t``) instead of the probed ones, and the read that found ``r``
+    dead comes back through ``t`` (1,000-meter hplc feeder: 12 orphans searched for only
+    from such nodes stayed unread)."""
+
+    async def main():
+        p, r, t, m = addr(1), addr(2), addr(3), addr(4)
+        far = [addr(10 + i) for i in range(6)]
+        edges = [(CCO, p), (p, r), (p, t), (r, m), *((CCO, d) for d in far)]
+        module, driver, mesh = await formed_for_repair(edges)
+        topo = mesh.topology
+        assert topo.primary(m).relays == (p, r) and topo.primary(t).relays == (p,)
+        for d in far:  # alternates probes of m through d failed (quality 0 reported)
+            for x, y in ((d, m), (m, d)):
+                topo.observe(x, y, False, 0, t=mesh._now())
+        module.adj[t].add(m)
+        module.adj[m].add(t)
+        module.dead.add(r)
+        before = len(module.searches)
+        out = await mesh.exchange(m, REQ)
+        await mesh.wait_repairs()
+        assert out.ok and out.relays == (p, t)
+        searches = module.searches[before:]
+        assert (p, t) in searches and not any(s[-1] in far for s in searches if s)
+        await driver.close()
+    run(main())
+
+
 # --- exploring for a stronger primary (issue 4): known answers ------------------------------
 
 def _known_mesh(edges, known):
