@@ -485,6 +485,10 @@ class SlottedModule(GraphModule):
                 self.searching.cancel()
         super().handle(f)
 
+    def relay_s(self, path) -> float:
+        """Seconds an answer's report takes to come back from the proxy at ``path``'s end."""
+        return 0.0
+
     async def _slotted(self, path, slices: int, minutes: int) -> None:
         self.searches.append(path)
         loop = asyncio.get_running_loop()
@@ -503,6 +507,7 @@ class SlottedModule(GraphModule):
                 break
             for b in won:
                 reported.add(b)
+                await asyncio.sleep(self.relay_s(path))
                 self.report_seq = (self.report_seq + 1) % 256
                 self.send(g.reply(0x06, 4, self.report_seq, COMM,
                                   g.ReportSlaves((g.FoundNode(b, 2),)), prm=1, source=b,
@@ -753,7 +758,7 @@ class RoundModule(GraphModule):
                 break
             for b in won:
                 reported.add(b)
-                q = self.quality.get(b, 12)
+                q = self.quality.get((searcher, b), self.quality.get(b, 12))
                 self.report_seq = (self.report_seq + 1) % 256
                 self.send(g.reply(0x06, 4, self.report_seq, COMM,
                                   g.ReportSlaves((g.FoundNode(b, 2),)), prm=1, source=b,
@@ -874,6 +879,79 @@ def test_covered_proxies_are_not_searched_after_the_level_ran_dry():
     proxies (heard well by a searched finder, so inside its neighbourhood): 1 + 4 searches,
     not 1 + 4 + 10."""
     assert _covered_level(EngineTuning(sweep_empty=0)) == (14, 1 + 4)
+
+
+def _heard_well_elsewhere(tuning: EngineTuning) -> tuple[int, list]:
+    """The CCO hears A and B at quality 10 and P at 8 (too weak to register, so P answers
+    again); A's search hears P at 13 and nothing new: (nodes found, search paths)."""
+    a, b, p = addr(1), addr(2), addr(3)
+    edges = [(CCO, a), (CCO, b), (CCO, p), (a, p)]
+    quality = {(CCO, a): 10, (CCO, b): 10, (CCO, p): 8, (a, p): 13}
+
+    async def main():
+        module, driver, mesh = await _round_mesh(edges, quality, tuning)
+        done = await mesh.discover()
+        await driver.close()
+        return done.nodes, module.searches
+    return run(main())
+
+
+def test_a_proxy_heard_well_by_another_searched_proxy_is_not_searched():
+    """Issue 4: P, found weakly by the CCO, was heard at quality 13 by A's search: it lies
+    inside A's neighbourhood, and a search from it would hear only what A's did. The level's
+    own proxies found nothing more, so P is not searched (1,000-meter hplc feeder, seed 1:
+    110 of 509 searches went to such proxies, 21 of them found anything; formation 507 ->
+    454 sim-s, 1000/1000 found)."""
+    a, b, p = addr(1), addr(2), addr(3)
+    nodes, searches = _heard_well_elsewhere(EngineTuning(sweep_empty=0, cover_any=True))
+    assert nodes == 3 and searches == [(), (a,), (b,)]
+    # Off (the default: it learns fewer hops), only a hop from its finder counts: P is
+    # searched too.
+    nodes, searches = _heard_well_elsewhere(EngineTuning(sweep_empty=0))
+    assert nodes == 3 and any(path and path[-1] == p for path in searches)
+
+
+class DeepModule(SlottedModule):
+    """A ``SlottedModule`` whose search command goes out, and each answer comes back, over
+    the proxy's hops at ``HOP_S`` a hop (as the simulator's module relays them)."""
+
+    HOP_S = 0.3
+
+    async def _slotted(self, path, slices: int, minutes: int) -> None:
+        await asyncio.sleep(self.HOP_S * len(path))
+        await super()._slotted(path, slices, minutes)
+
+    def relay_s(self, path) -> float:
+        return self.HOP_S * len(path)
+
+
+def test_a_deep_proxys_slow_answers_are_not_taken_for_congestion():
+    """Issue 4: a proxy 6 hops out gets each answer back 6 hops later than one a hop out; its
+    rounds are that much longer. Judged by a 1-hop search's round, its search was stopped
+    for congestion and made again with 32 slots (2,040-meter hplc feeder: 124 such repeats,
+    41 of 100 at levels 6-9 heard at most 4 answers); judged by its own hops it keeps its
+    8 slots."""
+    chain_nodes = [addr(i) for i in range(1, 8)]
+    edges = list(zip([CCO, *chain_nodes], chain_nodes, strict=False))
+    # The last relay of the chain has 5 unknown neighbours; a level-2 proxy has 2.
+    edges += [(chain_nodes[-1], addr(100 + i)) for i in range(5)]
+    edges += [(chain_nodes[0], addr(200 + i)) for i in range(2)]
+
+    async def main(tuning):
+        conc, mod = MemoryLink.pair()
+        module = DeepModule(mod, edges)
+        clock = LoopClock(datetime(2024, 3, 1))
+        driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
+                              read_timeout=30.0)
+        await driver.start()
+        mesh = Mesh(driver, Topology(CCO), clock=clock, config=MeshConfig(probing=False),
+                    tuning=tuning)
+        done = await mesh.discover()
+        await driver.close()
+        return done.nodes, module.slices
+    nodes, slices = run(main(EngineTuning(slots_window=0, sweep_empty=0)))
+    assert nodes == 14
+    assert set(slices[1:]) == {8}
 
 
 def test_reading_starts_at_formation_and_alternates_follow_in_the_gaps():
