@@ -46,7 +46,12 @@ is given; everything here decides *which* list.
 * **Exchange** (``await exchange(address, dlt645_bytes, priority=...)``): primary route first,
   alternates at once on failure; a node unreachable on every route triggers a background repair
   (probes through its neighbourhood, then a local search from its last known neighbours, which
-  also finds a meter replaced at the same spot under its new address). A relay suspected after
+  also finds a meter replaced at the same spot under its new address). A repair that heard
+  nothing holds the node's next one off (``repair_backoff_s``, doubled each time up to
+  ``repair_backoff_max_s``). A replaced meter leaves the module's slave archive (the new one
+  takes its slot) and its reads fail at once, "replaced by ..." (``replaced_by``), until it is
+  heard again or aged out. An add the module refuses with its archive full is not sent again
+  until a node leaves it. A relay suspected after
   a broken route is checked once however many reads meet it; declared dead, it gets one group
   repair for every node it left with no route (they are taken out of the module's archive so
   they answer, and searched for from the relay's live neighbours); reads of those nodes wait
@@ -88,7 +93,13 @@ from mesh.guard import MeshGuard, screen_search
 from mesh.links import MEDIA, quality_prior
 from mesh.routes import Route
 from mesh.topology import NodeKind, NodeStatus, Topology
-from plc_driver.driver import ExchangeResult, ModuleDriver, ModuleError, ReadFailure
+from plc_driver.driver import (
+    ExchangeResult,
+    ModuleArchiveFull,
+    ModuleDriver,
+    ModuleError,
+    ReadFailure,
+)
 from plc_driver.link import LinkClosed
 
 __all__ = [
@@ -348,6 +359,12 @@ class EngineTuning:
     recover_checks: int = 2
     #: a read of a node with no route waits this long for the repair under way
     repair_wait_s: float = 120.0
+    #: a node whose repair found nothing gets no new repair from its failed reads for this
+    #: long, doubled after each further fruitless repair up to ``repair_backoff_max_s``
+    #: (2,040-meter hplc trial: a meter gone from the district got a repair on every make-up
+    #: pass, 292 repair searches in two days, each holding the medium during the round)
+    repair_backoff_s: float = 60.0
+    repair_backoff_max_s: float = 3600.0
     #: a repair search's proxy not seen working for this long is probed first; silent, it is
     #: passed over (not counted as a search): the command of a search from it would not
     #: reach it, and the search would end at once as if nothing were heard (2,040-meter npl
@@ -506,6 +523,14 @@ class Mesh:
         #: routes are gone, and with them ``Node.level``): where a repair looks around them
         self._level_before: dict[str, int] = {}
         self._repair_sem: asyncio.Semaphore | None = None  # repair probes in flight
+        #: node -> (fruitless repairs in a row, no repair from its reads before this time)
+        self._repair_backoff: dict[str, tuple[int, float]] = {}
+        #: old meter -> (its replacement, when found): out of the module's archive, never
+        #: searched for; its reads fail at once until it is heard again or aged out
+        self._replaced: dict[str, tuple[str, float]] = {}
+        #: the module refused an add, its slave archive full: no add is sent until a delete
+        #: frees a slot (each refused add was an AFN11 F1 exchange and a warning, per repair)
+        self._archive_full = False
         self._last_save: float | None = None
         self._saved: persist.SavedRows | None = None  # the mesh tables as last committed
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
@@ -1158,12 +1183,34 @@ class Mesh:
             return
         # Archive meters first: if the module's slave archive fills, they are the ones in it.
         pairs.sort(key=lambda ap: (0 if ap[0] in self.archive else 1, ap[0]))
+        if self._archive_full:
+            log.info("mesh: module's slave archive full, %s not registered",
+                     ", ".join(a for a, _ in pairs[:8]))
+            return
         try:
             await self.driver.add_slaves(pairs)
+        except ModuleArchiveFull as exc:
+            # Asked again it would refuse again (one AFN11 F1 and a warning per repair, 98 in
+            # the 2,040-meter trial's two days): no add until a delete frees a slot.
+            self._archive_full = True
+            done = len(pairs) - len(exc.refused)
+            self._registered.update(a for a, _ in pairs[:done])
+            log.warning("mesh: module's slave archive full (%d of %d): %s not registered; "
+                        "no registration until a node leaves it", exc.count, exc.capacity,
+                        ", ".join(exc.refused[:8]))
+            return
         except ModuleError as exc:
             log.warning("mesh: registering %d nodes failed: %s", len(pairs), exc)
             return
         self._registered.update(a for a, _ in pairs)
+
+    async def _unregister(self, addresses: list[str]) -> None:
+        """Delete ``addresses`` from the module's slave archive (AFN11 F2; ``ModuleError``
+        when refused): the slots it frees take adds again."""
+        await self.driver.delete_slaves(addresses)
+        if self._registered.intersection(addresses):
+            self._archive_full = False  # (deleting a node it does not hold frees nothing)
+        self._registered.difference_update(addresses)
 
     # --- probing -------------------------------------------------------------------------------
 
@@ -1473,6 +1520,18 @@ class Mesh:
         if host not in self.topology:
             log.info("mesh: exchange with unknown meter %s refused", address)
             return ExchangeOutcome(address, None, "unknown meter", None, 0, 0.0)
+        if host in self._replaced:
+            new = self.replaced_by(host)
+            if new is not None:
+                # No radio, no repair: the reason goes to the round's unread list for the
+                # operator, until the master station's archive drops the old meter.
+                log.info("mesh: read of %s not sent: replaced by %s", address, new)
+                return ExchangeOutcome(address, None, f"replaced by {new}", None, 0, 0.0)
+            log.warning("mesh: meter %s heard again after its replacement by %s was found: "
+                        "a node of the mesh again", host, self._replaced.pop(host)[0])
+            node = self.topology.node(host)
+            await self._register([(host, 1 if node.protocol == "dlt645-1997" else 2),
+                                  *((s, self.archive.get(s, 2)) for s in node.sub_meters)])
         primary = self.topology.primary(host)
         if primary is None:
             # A repair under way (started when a relay was declared dead, or by an earlier
@@ -1505,6 +1564,7 @@ class Mesh:
             path_ok = self._learn(route.path, result, route)
             self._flush()
             if result.ok:
+                self._repair_backoff.pop(host, None)
                 if route is not primary and failed_primary:
                     # The read is done: the check of the relay it suspects goes on without
                     # holding the read (its probes may wait for a repair search, and a
@@ -1569,6 +1629,8 @@ class Mesh:
                     # left (it finds a node whose links all failed). This read waits for it
                     # rather than being lost (a meter beside a dead relay, 200-meter feeder).
                     task = self._start_repair(host, probes=False)
+                    if task is None:
+                        return None  # its last repairs found nothing: backed off
                     await self._wait_repair(task)
                     route = topo.primary(host)
                     if route is None:
@@ -1579,6 +1641,7 @@ class Mesh:
             path_ok = self._learn(route.path, result, route)
             self._flush()
             if result.ok:
+                self._repair_backoff.pop(host, None)
                 log.info("mesh: %s read via %s after its routes failed", address,
                          list(route.relays))
                 return route, result.reply
@@ -1727,12 +1790,18 @@ class Mesh:
 
     # --- repair, replacement, ageing -------------------------------------------------------------
 
-    def _start_repair(self, host: str, probes: bool = True) -> asyncio.Task[None]:
+    def _start_repair(self, host: str, probes: bool = True) -> asyncio.Task[None] | None:
         """The repair of ``host`` under way (a group repair that has it included), else a new
-        one (``probes``: probe first; False when the caller's probes just failed)."""
+        one (``probes``: probe first; False when the caller's probes just failed); None while
+        its repairs are backed off (the last found nothing) or it was replaced."""
         task = self._repairs.get(host)
         if task is not None and not task.done():
             return task
+        if host in self._replaced:
+            return None
+        backoff = self._repair_backoff.get(host)
+        if backoff is not None and self._now() < backoff[1]:
+            return None
         task = asyncio.get_running_loop().create_task(self._repair_bg(host, probes),
                                                       name=f"mesh-repair-{host}")
         self._repairs[host] = task
@@ -1817,19 +1886,37 @@ class Mesh:
         with ``address`` out of the module's archive). ``probes`` False: searches only (the
         caller's probes just failed)."""
         topo = self.topology
-        if address not in topo:
+        if address not in topo or address in self._replaced:
             return False
+        seen = topo.node(address).last_seen
         made = 0
         if probes:
             ok, made = await self._repair_probes(address)
             if ok:
                 log.info("mesh: %s reachable again after %d probes", address, made)
+                self._repair_backoff.pop(address, None)
                 self._emit(RepairDone(address, True, made, 0))
                 return True
         searches = await self._repair_search(address, skip=set(searched))
-        reachable = address in topo and topo.primary(address) is not None
+        # Heard by the search, with a route: a route left from before proves nothing.
+        heard = address in topo and topo.node(address).last_seen != seen
+        reachable = heard and topo.primary(address) is not None
+        if heard:
+            self._repair_backoff.pop(address, None)
+        elif address in topo and address not in self._replaced:
+            self._back_off(address)
         self._emit(RepairDone(address, reachable, made, searches))
         return reachable
+
+    def _back_off(self, address: str) -> None:
+        """A repair of ``address`` found nothing: no repair from its reads for a while, twice
+        as long after each fruitless one (``repair_backoff_s`` .. ``repair_backoff_max_s``)."""
+        tn = self.tuning
+        fruitless = self._repair_backoff.get(address, (0, 0.0))[0] + 1
+        wait = min(tn.repair_backoff_max_s, tn.repair_backoff_s * 2 ** min(fruitless - 1, 30))
+        self._repair_backoff[address] = (fruitless, self._now() + wait)
+        log.warning("mesh: repair of %s found nothing (%d in a row): no repair for %.0f s",
+                    address, fruitless, wait)
 
     async def _repair_probes(self, address: str) -> tuple[bool, int]:
         """Probe ``address`` through up to ``repair_probes`` candidate relays (the CCO itself
@@ -1954,8 +2041,7 @@ class Mesh:
         pairs = [(address, 1 if node.protocol == "dlt645-1997" else 2)]
         pairs += [(s, self.archive.get(s, 2)) for s in node.sub_meters]
         try:
-            await self.driver.delete_slaves([a for a, _p in pairs])
-            self._registered.difference_update(a for a, _p in pairs)
+            await self._unregister([a for a, _p in pairs])
         except ModuleError as exc:
             log.warning("mesh: %s not taken out of the module for a repair search: %s",
                         address, exc)
@@ -1989,7 +2075,8 @@ class Mesh:
                 for addr in new:
                     # Near the proxy whose report it was (a late report of an earlier search
                     # may come in during this one).
-                    self._replacement(address, addr, self._finder.get(addr, (w, None))[0])
+                    await self._replacement(address, addr,
+                                            self._finder.get(addr, (w, None))[0])
                 if address not in topo or new:
                     break
                 if topo.node(address).last_seen != seen and topo.primary(address) is not None:
@@ -1997,8 +2084,8 @@ class Mesh:
                     self._search_heard[w] = self._now()
                     break
         finally:
-            if address in topo:
-                await self._register(pairs)
+            if address in topo and address not in self._replaced:
+                await self._register(pairs)  # (a replaced meter leaves the module for good)
         return searches
 
     async def _proxy_answers(self, proxy: str) -> bool:
@@ -2093,8 +2180,7 @@ class Mesh:
             for sub in node.sub_meters:
                 pairs[sub] = (sub, self.archive.get(sub, 2))
         try:
-            await self.driver.delete_slaves(list(pairs))
-            self._registered.difference_update(pairs)
+            await self._unregister(list(pairs))
         except ModuleError as exc:
             log.warning("mesh: nodes behind %s not taken out of the module for a repair "
                         "search: %s", relay, exc)
@@ -2139,7 +2225,7 @@ class Mesh:
                 for addr in new:
                     # A node never seen before where the relay went silent: the relay's
                     # meter replaced at the same spot (the repair per node found it so).
-                    self._replacement(relay, addr, self._finder.get(addr, (w, None))[0])
+                    await self._replacement(relay, addr, self._finder.get(addr, (w, None))[0])
                 heard = [a for a in waiting if a in topo and topo.node(a).last_seen != seen[a]
                          and topo.primary(a) is not None]
                 if not heard:
@@ -2170,10 +2256,17 @@ class Mesh:
                 await self.repair(a, searched=searched)
         return searches
 
-    def _replacement(self, old: str, new: str, near: str) -> None:
-        """``new`` appeared beside silent ``old``: a meter replaced at the same spot."""
+    async def _replacement(self, old: str, new: str, near: str) -> None:
+        """``new`` appeared beside silent ``old``: a meter replaced at the same spot.
+
+        The old meter leaves the module's slave archive (AFN11 F2) so the new one has its
+        slot (a module holds as many slaves as a district has meters: the 2,040-meter trial's
+        replacement was refused with the archive full, and every later repair of the old
+        meter registered it back in vain); it is not searched for again, and its reads fail
+        at once, "replaced by ...", until it is heard again (it was only off) or aged out.
+        """
         topo = self.topology
-        if old not in topo or new not in topo:
+        if old not in topo or new not in topo or old in self._replaced:
             return
         onode, nnode = topo.node(old), topo.node(new)
         if onode.kind is not nnode.kind:
@@ -2182,7 +2275,28 @@ class Mesh:
         if onode.status is NodeStatus.APPROVED and nnode.status is NodeStatus.QUARANTINED:
             # The utility's own swap at the same spot: it takes over the old meter's role.
             topo.approve(new)
+        self._replaced[old] = (new, self._now())
+        self._repair_backoff.pop(old, None)
         self._emit(MeterReplacementFound(old, new, near))
+        try:
+            await self._unregister([old, *onode.sub_meters])
+        except ModuleError as exc:
+            log.warning("mesh: replaced meter %s not deleted from the module: %s", old, exc)
+        if new not in self._registered:
+            await self._register([(new, 1 if nnode.protocol == "dlt645-1997" else 2),
+                                  *((s, self.archive.get(s, 2)) for s in nnode.sub_meters)])
+
+    def replaced_by(self, address: str) -> str | None:
+        """The meter found in ``address``'s place (its reads fail at once, see
+        ``_replacement``), or None: never replaced, aged out, or heard since (it was only
+        off: the next exchange makes it a node of the mesh again)."""
+        rep = self._replaced.get(self.host_of(address))
+        if rep is None:
+            return None
+        new, when = rep
+        host = self.host_of(address)
+        seen = self.topology.node(host).last_seen if host in self.topology else None
+        return new if seen is None or seen <= when else None
 
     async def age(self, now: float | None = None) -> list[str]:
         """Delete nodes silent longer than ``node_silence_timeout``; returns their addresses."""
@@ -2198,8 +2312,10 @@ class Mesh:
             self.topology.remove_node(addr, "silent")
             for s in subs:
                 self._host.pop(s, None)
+            self._replaced.pop(addr, None)
+            self._repair_backoff.pop(addr, None)
             try:
-                await self.driver.delete_slaves([addr, *subs])
+                await self._unregister([addr, *subs])
             except ModuleError as exc:
                 log.warning("mesh: deleting %s from the module failed: %s", addr, exc)
             self._registered.difference_update([addr, *subs])

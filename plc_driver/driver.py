@@ -11,7 +11,8 @@ Errors callers see:
 * ``LinkClosed`` (from ``plc_driver.link``): the serial port closed or vanished. Every waiting
   call gets it, ``reports()`` ends, and later calls raise it at once.
 * ``ModuleTimeout``, ``ModuleDenied`` (with the AFN00 F2 code) and ``ModuleProtocolError`` for
-  the archive/route commands. ``read()`` does not raise these: a read that fails is an
+  the archive/route commands; ``ModuleArchiveFull`` (a ``ModuleDenied``) when an AFN11 F1 add
+  is refused and the module's slave count (10 F1) shows its archive full. ``read()`` does not raise these: a read that fails is an
   ``ExchangeResult`` with a ``failure`` reason, because the mesh learns from every outcome.
 
 All timeouts are asyncio timeouts, so the driver runs unchanged under the virtual-time loop.
@@ -41,6 +42,7 @@ __all__ = [
     "ModuleError",
     "ModuleTimeout",
     "ModuleDenied",
+    "ModuleArchiveFull",
     "ModuleProtocolError",
     "LinkClosed",
 ]
@@ -68,6 +70,17 @@ class ModuleDenied(ModuleError):
         self.code = code
         self.reason = g.DENY_CODES.get(code, f"unknown error {code}")
         super().__init__(f"{what}: denied, error {code} ({self.reason})" if what else self.reason)
+
+
+class ModuleArchiveFull(ModuleDenied):
+    """AFN11 F1 refused because the slave archive holds all the slaves the module supports
+    (``count`` of ``capacity``); ``refused`` are the addresses of that add not confirmed."""
+
+    def __init__(self, code: int, count: int, capacity: int, refused: tuple[str, ...]) -> None:
+        super().__init__(code, f"AFN11 F1 (slave archive full, {count} of {capacity})")
+        self.count = count
+        self.capacity = capacity
+        self.refused = refused
 
 
 class ModuleProtocolError(ModuleError):
@@ -452,9 +465,29 @@ class ModuleDriver:
         items = list(slaves)
         for i in range(0, len(items), SLAVES_PER_FRAME):
             batch = tuple(items[i : i + SLAVES_PER_FRAME])
-            await self._confirmed(0x11, 1, g.AddSlaves(batch))
+            try:
+                await self._confirmed(0x11, 1, g.AddSlaves(batch))
+            except ModuleDenied as exc:
+                # Error 9 is "master node busy", which a module also answers when its slave
+                # archive is full: the slave count tells the two apart (a busy module is
+                # worth a retry, a full archive is not until a slave leaves it).
+                full = await self._archive_full() if exc.code == 9 else None
+                if full is None:
+                    raise
+                raise ModuleArchiveFull(exc.code, full.count, full.max_supported,
+                                        tuple(a for a, _ in items[i:])) from exc
             log.info("module: added slaves %s", " ".join(a for a, _ in batch))
         return len(items)
+
+    async def _archive_full(self) -> g.SlaveCount | None:
+        """The slave count (10 F1) when it shows the archive full, else None (also when the
+        module does not answer it)."""
+        try:
+            count = await self.slave_count()
+        except ModuleError as exc:
+            log.info("module: slave count not available: %s", exc)
+            return None
+        return count if count.max_supported and count.count >= count.max_supported else None
 
     async def delete_slaves(self, addresses: Iterable[str]) -> int:
         """11 F2: delete addresses from the module's archive; returns how many."""

@@ -146,9 +146,9 @@ class GraphModule:
 
 
 async def make(edges, *, collectors=None, config=None, db=None, archive=None, topo=None,
-               events=None):
+               events=None, module_cls=None):
     conc, mod = MemoryLink.pair()
-    module = GraphModule(mod, edges, collectors)
+    module = (module_cls or GraphModule)(mod, edges, collectors)
     clock = LoopClock(datetime(2024, 3, 1))
     driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
                           read_timeout=30.0)
@@ -1297,6 +1297,8 @@ def test_a_meter_not_heard_around_its_dead_relay_is_searched_for_further_out():
         assert (s, t) in module.searches
         out = await mesh.exchange(m, REQ)
         assert out.ok and out.relays == (s, t)
+        await driver.close()
+    run(main())
 
 
 def test_an_orphan_linked_only_by_failed_probes_is_searched_for_beside_its_dead_relay():
@@ -1327,6 +1329,162 @@ def test_an_orphan_linked_only_by_failed_probes_is_searched_for_beside_its_dead_
         assert out.ok and out.relays == (p, t)
         searches = module.searches[before:]
         assert (p, t) in searches and not any(s[-1] in far for s in searches if s)
+        await driver.close()
+    run(main())
+
+
+# --- a replaced meter, fruitless repairs, a full slave archive (issue 4) --------------------
+
+class FullModule(GraphModule):
+    """A GraphModule whose slave archive holds ``CAPACITY`` slaves: an add beyond it is denied
+    with error 9, as the simulated (Triductor) module does, and 10 F1 gives the count."""
+
+    CAPACITY = 2
+
+    def __init__(self, link, edges, collectors=None) -> None:
+        super().__init__(link, edges, collectors)
+        self.adds = 0  # AFN11 F1 frames received
+        self.refused = 0  # ... denied: the archive was full
+
+    def handle(self, f) -> None:
+        if (f.afn, f.fn) == (0x11, 1):
+            self.adds += 1
+            for a, p in g.decode_data_unit(f).slaves:
+                if a not in self.archive and len(self.archive) >= self.CAPACITY:
+                    self.refused += 1
+                    self.send(g.deny(f.seq, 9, COMM))
+                    return
+                self.archive[a] = p
+            self.send(g.confirm(f.seq, COMM))
+        elif (f.afn, f.fn) == (0x10, 1):
+            self.send(g.reply(0x10, 1, f.seq, COMM,
+                              g.SlaveCount(len(self.archive), self.CAPACITY)))
+        else:
+            super().handle(f)
+
+
+async def _replaced_in_a_full_module():
+    """``old`` behind ``relay`` replaced by ``new`` at its spot, the module's archive full
+    (relay and old); ``old``'s failed read found ``new``."""
+    relay, old, new = addr(1), addr(2), addr(77)
+    events = []
+    module, driver, mesh = await make([(CCO, relay), (relay, old), (relay, new)],
+                                      events=events, module_cls=FullModule,
+                                      config=MeshConfig(probing=False))
+    module.dead.add(new)
+    await mesh.discover([relay, old])
+    assert set(module.archive) == {relay, old}
+    module.dead.add(old)
+    module.dead.discard(new)
+    assert not (await mesh.exchange(old, REQ)).ok
+    await mesh.wait_repairs()
+    found = [e for e in events if isinstance(e, MeterReplacementFound)]
+    assert [(e.old, e.new, e.near) for e in found] == [(old, new, relay)]
+    return relay, old, new, events, module, driver, mesh
+
+
+def test_a_replaced_meter_leaves_the_full_module_and_its_reads_fail_at_once_with_the_reason():
+    """Issue 4 (2,040-meter hplc trial): the module holds as many slaves as the district has
+    meters. Once the mesh has found the replacement, the old meter leaves the module's
+    archive and the new one has its slot; the old one is not registered back nor searched
+    for, and a read of it fails at once, with no radio, saying which meter replaced it
+    (before: every repair registered it back, refused, and searched for it again)."""
+    async def main():
+        relay, old, new, events, module, driver, mesh = await _replaced_in_a_full_module()
+        assert set(module.archive) == {relay, new} and mesh.replaced_by(old) == new
+        assert (await mesh.exchange(new, REQ)).ok
+        adds, searches = module.adds, len(module.searches)
+        reads = len([x for x in module.reads if x[0] == old])
+        for _ in range(3):
+            out = await mesh.exchange(old, REQ)
+            assert not out.ok and out.failure == f"replaced by {new}" and out.attempts == 0
+            await mesh.wait_repairs()
+            await asyncio.sleep(700)  # past every repair hold-off
+        assert len([x for x in module.reads if x[0] == old]) == reads
+        assert (module.adds, len(module.searches)) == (adds, searches)
+        assert module.refused == 0
+        # It ages out like any silent node, and is then unknown to the mesh.
+        later = mesh._now() + mesh.config.node_silence_timeout + 1
+        assert old in await mesh.age(later)
+        assert (await mesh.exchange(old, REQ)).failure == "unknown meter"
+        await driver.close()
+    run(main())
+
+
+def test_a_replaced_meter_heard_again_is_a_node_of_the_mesh_again():
+    """Issue 4: the meter taken for replaced was only off. Heard again (here: a search from
+    its relay reports it), its reads go out again and it is back in the module's archive."""
+    async def main():
+        relay, old, new, events, module, driver, mesh = await _replaced_in_a_full_module()
+        FullModule.CAPACITY = 3
+        try:
+            assert (await mesh.exchange(old, REQ)).failure == f"replaced by {new}"
+            module.dead.discard(old)
+            await asyncio.sleep(10)
+            mesh.topology.observe(relay, old, True, 12, t=mesh._now())  # a search heard it
+            mesh.topology.observe(old, relay, True, 12, t=mesh._now())
+            assert mesh.replaced_by(old) is None
+            out = await mesh.exchange(old, REQ)
+            assert out.ok and out.relays == (relay,)
+            assert set(module.archive) == {relay, old, new}
+        finally:
+            FullModule.CAPACITY = 2
+        await driver.close()
+    run(main())
+
+
+def test_a_full_slave_archive_is_not_asked_again_on_every_repair(caplog):
+    """Issue 4: with the module's archive full (2 slaves), the third node of a chain is
+    refused (AFN11 F1, error 9; the slave count says full). It goes silent; each of its
+    repairs takes it out of the module (it is not there) and searches: none asks to add it
+    again, the module sees one refused add, and the log says why once."""
+    async def main():
+        a, b, c = addr(1), addr(2), addr(3)
+        module, driver, mesh = await make(chain(3), module_cls=FullModule,
+                                          config=MeshConfig(probing=False))
+        mesh.tuning = dataclasses.replace(mesh.tuning, congestion_rounds=10_000)
+        with caplog.at_level(logging.WARNING, logger="mesh.engine"):
+            await mesh.discover()
+            assert set(module.archive) == {a, b} and module.refused == 1
+            module.dead.add(c)  # silent: each repair searches for it, then registers it
+            for _ in range(3):
+                await mesh.repair(c)
+                await asyncio.sleep(700)
+        assert module.refused == 1
+        full = [r for r in caplog.records if "slave archive full" in r.getMessage()]
+        assert len(full) == 1 and c in full[0].getMessage()
+        await driver.close()
+    run(main())
+
+
+def test_a_node_whose_repairs_find_nothing_is_repaired_less_and_less_often(caplog):
+    """Issue 4: meter ``m`` is gone and nothing answers at its spot. Read every 30 s for an
+    hour (a night of make-up passes), it does not get a repair (probes, searches holding
+    the medium) after every read: each repair that found nothing doubles the hold-off
+    (60, 120, 240 ... s), and the log says so."""
+    from mesh.engine import RepairDone
+
+    async def main():
+        r, s, m = addr(1), addr(2), addr(3)
+        events = []
+        module, driver, mesh = await make([(CCO, r), (CCO, s), (r, s), (r, m)], events=events,
+                                          config=MeshConfig(probing=False))
+        mesh.tuning = dataclasses.replace(mesh.tuning, congestion_rounds=10_000)
+        await mesh.discover()
+        module.dead.add(m)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with caplog.at_level(logging.WARNING, logger="mesh.engine"):
+            while loop.time() - t0 < 3600:
+                assert not (await mesh.exchange(m, REQ)).ok
+                await mesh.wait_repairs()
+                await asyncio.sleep(30)
+        repairs = [e for e in events if isinstance(e, RepairDone) and e.address == m]
+        assert repairs and not any(e.reachable for e in repairs)
+        assert len(repairs) <= 7
+        said = [r.getMessage() for r in caplog.records if "found nothing" in r.getMessage()]
+        assert said[:3] == [f"mesh: repair of {m} found nothing ({i} in a row): no repair "
+                            f"for {60 * 2 ** (i - 1)} s" for i in (1, 2, 3)]
         await driver.close()
     run(main())
 
