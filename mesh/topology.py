@@ -506,6 +506,50 @@ class Topology:
             return  # a nudge too small to change a route choice (see RouteConfig)
         self._emit_routes(self.planner.set_edge(u, v, metric))
 
+    def heard_quality(self, u: str, v: str) -> int | None:
+        """Signal quality last reported for the hop u-v, the weaker direction of any medium
+        (None: no quality was ever reported for it)."""
+        best: int | None = None
+        for m in MEDIA:
+            qs = [est.quality for est in (self.link(u, v, m), self.link(v, u, m))
+                  if est is not None and est.quality is not None]
+            if qs and (best is None or min(qs) > best):
+                best = min(qs)
+        return best
+
+    def unlikeness(self, address: str, prior: float = 6.0) -> dict[str, float]:
+        """How differently each node two hops from ``address`` is heard from their common
+        neighbours: the mean gap between the signal qualities the module reported for c-w
+        and c-``address``, over every common neighbour c with both reported, ``prior``
+        counted as one more neighbour (0: heard alike everywhere).
+
+        The signal is lost along the cable, so two nodes at the same pole or a few spans
+        apart are heard alike by every third node, and hear each other well: a hop never
+        probed between nodes heard alike is the likeliest strong one (issue 4: the truth's
+        best routes ran through hops the concentrator had never heard)."""
+        graph = self.graph
+        if address not in graph:
+            return {}
+        near = set(graph.successors(address)) | set(graph.predecessors(address))
+        gap: dict[str, float] = {}
+        common: dict[str, int] = {}
+        for c in near:
+            qc = self.heard_quality(address, c)
+            for w in set(graph.successors(c)) | set(graph.predecessors(c)):
+                if w == address:
+                    continue
+                q = None if qc is None else self.heard_quality(w, c)
+                if q is None:
+                    gap.setdefault(w, 0.0)
+                    common.setdefault(w, 0)
+                    continue
+                gap[w] = gap.get(w, 0.0) + abs(q - qc)
+                common[w] = common.get(w, 0) + 1
+        for w in near:
+            gap.setdefault(w, 0.0)
+            common.setdefault(w, 0)
+        return {w: (g + prior) / (common[w] + 1) for w, g in gap.items()}
+
     def neighbours(self, address: str) -> list[Neighbour]:
         """Every node with a link to or from ``address``, best two-way probability first."""
         out = []

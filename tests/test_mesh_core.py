@@ -703,3 +703,22 @@ def test_an_hplc_topology_keeps_no_evidence_by_time_of_day():
     topo.set_worst_period(True)
     topo.observe(A, N, False, quality=12, t=_at(12))
     assert topo.link(A, N).periods[3][1] == pytest.approx(1.0)
+
+
+def test_nodes_heard_alike_by_their_common_neighbours_are_the_least_unlike():
+    # X is heard at 5 by C1 and 14 by C2. W is heard the same (it stands by X); V the other
+    # way round (it stands at the far side); U shares only C1, alike there; T shares none.
+    topo = make(7)
+    x, w, v, u, t, c1, c2 = (a(i) for i in range(2, 9))
+    for p, c, q in ((x, c1, 5), (x, c2, 14), (w, c1, 5), (w, c2, 13), (v, c1, 14),
+                    (v, c2, 5), (u, c1, 6), (t, u, 15)):
+        topo.observe(p, c, True, quality=q, t=0.0)
+        topo.observe(c, p, True, quality=q, t=0.0)
+    gap = topo.unlikeness(x, prior=6.0)
+    assert gap[w] == pytest.approx((0 + 1 + 6) / 3)
+    assert gap[v] == pytest.approx((9 + 9 + 6) / 3)
+    assert gap[u] == pytest.approx((1 + 6) / 2)
+    assert t not in gap  # three hops out
+    assert sorted((w, v, u), key=gap.get) == [w, u, v]
+    assert topo.heard_quality(w, c2) == 13
+    assert topo.heard_quality(t, x) is None

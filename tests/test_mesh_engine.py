@@ -1529,3 +1529,49 @@ def test_a_candidate_whose_own_route_costs_more_than_the_primary_is_not_probed()
         assert not [relays for meter, relays, _ok in module.reads if _J in relays]
         await driver.close()
     run(main())
+
+
+def test_the_relay_heard_alike_is_probed_before_one_earlier_by_address():
+    # N's primary R-A-N has a weak last hop (quality 5). D1..D3 and W are one hop from the
+    # CCO and heard by A: W as weakly as N (the two are heard alike: they stand together),
+    # the Ds strongly (they stand by A). Two Ds carry N's alternates through A; with one
+    # candidate probe, W is the one tried (D3 comes first by address) and N's primary moves
+    # to R-W-N.
+    n, a, w = addr(9), addr(1), addr(5)
+    ds = [addr(i) for i in (2, 3, 4)]
+    known = [(CCO, a, 12), (a, n, 5), (CCO, w, 12), (a, w, 5)]
+    known += [k for x in ds for k in ((CCO, x, 12), (a, x, 14))]
+
+    async def main():
+        edges = [(x, y) for x, y, _q in known] + [(w, n)]
+        module, driver, mesh = await _known_mesh(edges, known)
+        mesh.tuning = dataclasses.replace(mesh.tuning, probes_per_node=2)
+        topo = mesh.topology
+        assert topo.primary(n).relays == (a,)
+        await mesh._find_alternates(n)
+        assert not [relays for _m, relays, _ok in module.reads if ds[2] in relays]
+        assert topo.primary(n).relays == (w,)
+        await driver.close()
+    run(main())
+
+
+def test_a_relay_that_can_give_a_stronger_primary_is_probed_before_one_heard_more_alike():
+    # N's primary R-A-N has a weak last hop (quality 5); the CCO hears N barely (2). W1 is
+    # heard by A as N is (alike) but its own routes carry a hop as weak: no route through it
+    # beats the primary. W2, heard by the CCO at 12, is less alike but could: it is the one
+    # probed, and N's primary moves to R-W2-N.
+    n, a, w2, e, w1 = addr(9), addr(1), addr(2), addr(3), addr(4)
+    known = [(CCO, a, 12), (a, n, 5), (CCO, n, 2), (CCO, w2, 12), (CCO, e, 12), (e, w1, 5),
+             (a, w1, 5)]
+
+    async def main():
+        edges = [(x, y) for x, y, _q in known] + [(w2, n), (w1, n)]
+        module, driver, mesh = await _known_mesh(edges, known)
+        mesh.tuning = dataclasses.replace(mesh.tuning, probes_per_node=1)
+        topo = mesh.topology
+        assert topo.unlikeness(n)[w1] < topo.unlikeness(n)[w2]
+        await mesh._find_alternates(n)
+        assert not [relays for _m, relays, _ok in module.reads if w1 in relays]
+        assert topo.primary(n).relays == (w2,)
+        await driver.close()
+    run(main())
