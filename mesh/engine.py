@@ -339,7 +339,9 @@ class EngineTuning:
     #: hop): only they can give it a stronger one (the relays heard most alike are often its
     #: siblings, behind the same weak hop). Same district: 98.5 -> 99.2 %. Both on, over
     #: seeds 1/2/3 of that district: 85.2/97.6/94.6 -> 99.2/92.4/91.9 % (chaotic; mean
-    #: +2 points), frames per node 7.79/7.41/7.37 -> 5.87/7.00/6.56
+    #: +2 points), frames per node 7.79/7.41/7.37 -> 5.87/7.00/6.56. Narrowband turns both
+    #: off (``for_comm_mode``): 1,000-meter npl feeder, seed 1, at 02:30 90.7 % off, 74.8 %
+    #: on (its qualities say little of the hours when the pumps run); 200 feeder 1.7x frames
     rank_stronger_first: bool = True
     #: plan on each link's worst period of the day (``RouteConfig.worst_period``). HPLC
     #: keeps the all-day estimates: with them on, 1,000-meter hplc street day-2 first
@@ -416,7 +418,8 @@ class EngineTuning:
         if comm_mode in (3, 10):
             return cls(root_repeats=1, sweep_empty=120)
         return cls(uncertain_probes=0, relay_check_probes=8, route_quality_weight=2.5,
-                   weak_p=0.8, weak_passes=1, worst_period=True)
+                   weak_p=0.8, weak_passes=1, worst_period=True, rank_alike=False,
+                   rank_stronger_first=False)
 
 
 class _SearchLock(asyncio.Lock):
