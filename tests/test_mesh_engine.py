@@ -146,11 +146,14 @@ class GraphModule:
 
 
 async def make(edges, *, collectors=None, config=None, db=None, archive=None, topo=None,
-               events=None, module_cls=None):
+               events=None, module_cls=None, module=None, tuning=None, max_concurrent=1):
+    """A simulated module on ``edges`` (``module``: a factory taking the module's end of the
+    link, else ``module_cls``), its driver started, and a mesh on it."""
     conc, mod = MemoryLink.pair()
-    module = (module_cls or GraphModule)(mod, edges, collectors)
+    module = module(mod) if module is not None else \
+        (module_cls or GraphModule)(mod, edges, collectors)
     clock = LoopClock(datetime(2024, 3, 1))
-    driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
+    driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=max_concurrent,
                           read_timeout=30.0)
     await driver.start()
     on_event = events.append if events is not None else None
@@ -158,7 +161,7 @@ async def make(edges, *, collectors=None, config=None, db=None, archive=None, to
         mesh = Mesh.restore(driver, db, clock=clock, config=config, on_event=on_event)
     else:
         mesh = Mesh(driver, Topology(CCO), clock=clock, config=config or MeshConfig(), db=db,
-                    on_event=on_event, tuning=EngineTuning(cover_quality=16))
+                    on_event=on_event, tuning=tuning or EngineTuning(cover_quality=16))
     return module, driver, mesh
 
 
@@ -527,14 +530,8 @@ def _crowd(tuning: EngineTuning, gaps: bool = False) -> tuple:
         + [(hub, addr(100 + i)) for i in range(100)]
 
     async def main():
-        conc, mod = MemoryLink.pair()
-        module = SlottedModule(mod, edges)
-        clock = LoopClock(datetime(2024, 3, 1))
-        driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
-                              read_timeout=30.0)
-        await driver.start()
-        mesh = Mesh(driver, Topology(CCO), clock=clock, config=MeshConfig(probing=False),
-                    tuning=tuning)
+        module, driver, mesh = await make(edges, module=lambda link: SlottedModule(link, edges),
+                                          config=MeshConfig(probing=False), tuning=tuning)
         done = await mesh.discover()
         await driver.close()
         out = (mesh.stats.discovery_s, done.nodes, module.slices)
@@ -769,14 +766,9 @@ class RoundModule(GraphModule):
 
 
 async def _round_mesh(edges, quality=None, tuning=None, per_round=1000, guard=None):
-    conc, mod = MemoryLink.pair()
-    module = RoundModule(mod, edges, quality, per_round)
-    clock = LoopClock(datetime(2024, 3, 1))
-    driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
-                          read_timeout=30.0)
-    await driver.start()
-    mesh = Mesh(driver, Topology(CCO), clock=clock, config=MeshConfig(probing=False),
-                tuning=tuning or EngineTuning())
+    module, driver, mesh = await make(
+        edges, module=lambda link: RoundModule(link, edges, quality, per_round),
+        config=MeshConfig(probing=False), tuning=tuning or EngineTuning())
     if guard is not None:
         mesh.guard = guard
     return module, driver, mesh
@@ -938,14 +930,8 @@ def test_a_deep_proxys_slow_answers_are_not_taken_for_congestion():
     edges += [(chain_nodes[0], addr(200 + i)) for i in range(2)]
 
     async def main(tuning):
-        conc, mod = MemoryLink.pair()
-        module = DeepModule(mod, edges)
-        clock = LoopClock(datetime(2024, 3, 1))
-        driver = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, max_concurrent=1,
-                              read_timeout=30.0)
-        await driver.start()
-        mesh = Mesh(driver, Topology(CCO), clock=clock, config=MeshConfig(probing=False),
-                    tuning=tuning)
+        module, driver, mesh = await make(edges, module=lambda link: DeepModule(link, edges),
+                                          config=MeshConfig(probing=False), tuning=tuning)
         done = await mesh.discover()
         await driver.close()
         return done.nodes, module.slices
