@@ -120,6 +120,9 @@ METER_ERROR = "meter_error"
 NOT_AVAILABLE = "not_available"
 NO_RECORD = "no_record"
 WINDOW_CLOSED = "window_closed"
+#: the mesh's failure reason for a meter found replaced at its spot (``Mesh.replaced_by``): the
+#: make-up passes do not ask for it again; the round lists it unread with the new address
+REPLACED = "replaced by "
 STORE_ERROR = "store_error"
 
 # DIs (2007 unless named _97).
@@ -610,7 +613,7 @@ class Reader:
                     if m in results and results[m].ok:
                         read_at.setdefault(m, loop.time() - t0)
                 unread = [m for m, r in results.items() if not r.ok and r.applicable
-                          and r.outcome != WINDOW_CLOSED]
+                          and r.outcome != WINDOW_CLOSED and REPLACED not in r.outcome]
                 if passes <= BACKFILL_RETRY_PASSES:
                     # Meters read today whose back-fill failed get the missed days again (the
                     # line loss of a back-filled day needs every meter's two freezes).

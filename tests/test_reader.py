@@ -218,6 +218,36 @@ def test_a_meter_dead_all_window_is_reported_unread_with_the_reason(tmp_path):
     assert report.duration_s > 5 * 3600 and report.readable_s < 60
 
 
+def test_a_meter_the_mesh_found_replaced_is_not_asked_again_in_the_make_up_passes(tmp_path):
+    """The mesh answers a replaced meter's read at once, "replaced by NEW" (no radio): the
+    round lists it unread with that reason for the operator and does not ask for it again
+    every make-up pass until 06:00 (a 2,040-meter trial: 69 refusals a night)."""
+    meters = [addr(i) for i in range(1, 4)]
+    old, new = meters[0], "000000009999"
+
+    class Replaced(FakeMesh):
+        async def exchange(self, address, dlt645_bytes, *, priority=False):
+            if address == old:
+                self.requests.append((address, dlt645.decode(dlt645_bytes).di, 0.0))
+                return Exchanged(None, (), 0, 0.0, f"replaced by {new}")
+            return await super().exchange(address, dlt645_bytes, priority=priority)
+
+    async def main():
+        clock = LoopClock(datetime(2024, 3, 1, 0, 0))
+        clock.now()
+        store = make_store(tmp_path, clock, meters)
+        mesh = Replaced(clock, meters)
+        reader = Reader(mesh, store, clock, [DAILY])
+        await run_schedule(reader, datetime(2024, 3, 1, 7, 0))
+        return reader, mesh
+
+    reader, mesh = run(main())
+    report = reader.reports[0]
+    assert report.unread == {old: f"no_reply:replaced by {new}"}
+    assert len(mesh.dis_for(old)) == 1
+    assert report.final_rate == pytest.approx(2 / 3)
+
+
 def test_a_missed_day_is_backfilled_from_the_meters_frozen_records(tmp_path):
     meters = [addr(i) for i in range(1, 6)]
     lost = meters[2]
