@@ -64,6 +64,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from simulator.cpu_split import READING_TASKS as TRIAL_READING_TASKS  # noqa: E402
+
 BIN = Path(sys.executable).parent
 GOAL_CPU_PER_1000 = 2.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -74,7 +76,7 @@ SPLIT_INTERVAL_S = 0.002
 #: frame): the reader, the module link, the summary meter, and the uplink of the readings;
 #: the rest is the mesh's own upkeep (probing for alternates, repairs, maintain) and the
 #: daemon's housekeeping
-READING_TASKS = ("reader.", "driver.", "link.", "summary_meter.", "client.", "store.")
+READING_TASKS = (*TRIAL_READING_TASKS, "client.", "store.")
 
 _DONE = re.compile(r"task (\w+): round (\S+ \S+) done in (\d+) s[^:]*: (\d+) meters, first attempt "
                    r"([\d.]+)%, first pass ([\d.]+)%, final ([\d.]+)%, (\d+) passes, (\d+) exchanges")

@@ -12,9 +12,8 @@ is given; everything here decides *which* list.
   and made again once its answers are registered; the root search also stops when a round
   brings under 1/``root_tail`` of its best; a level ends after ``empty_streak`` proxy
   searches in a row found nothing (issue 4: 1,000-meter HPLC formation 664 -> 388 -> 305
-  sim-s). A proxy heard well by any searched proxy is covered (searched only when its
-  level would otherwise end the discovery); a search is judged congested by the rounds of
-  searches as many hops out (a deep proxy's answers come back slower).
+  sim-s). A search is judged congested by the rounds of searches as many hops out (a deep
+  proxy's answers come back slower).
   When the levels run dry, a completeness sweep searches the found nodes never
   searched from (``Mesh._sweep``: short searches spread over the finders' regions, until
   ``sweep_empty`` in a row found nothing), and follows whatever it finds outwards: the level
@@ -1223,6 +1222,13 @@ class Mesh:
             return
         self._registered.update(a for a, _ in pairs)
 
+    def _slave_pairs(self, address: str) -> list[tuple[str, int]]:
+        """``address`` and a collector's RS-485 meters as the module's slave entries (address,
+        protocol: 1 = DL/T 645-1997, 2 = 2007)."""
+        node = self.topology.node(address)
+        return [(address, 1 if node.protocol == "dlt645-1997" else 2),
+                *((s, self.archive.get(s, 2)) for s in node.sub_meters)]
+
     async def _unregister(self, addresses: list[str]) -> None:
         """Delete ``addresses`` from the module's slave archive (AFN11 F2; ``ModuleError``
         when refused): the slots it frees take adds again."""
@@ -1352,10 +1358,7 @@ class Mesh:
         ring = topo.unlikeness(address) if self.tuning.rank_alike else \
             dict.fromkeys(self._ring(address), 0.0)
         current = {r for route in topo.routes(address) for r in route.relays}
-        primary = topo.primary(address)
-        # What a relay's route plus one hop must cost less than to give a stronger primary.
-        bar = primary.cost - min(topo.route_cfg.hop_time.values(), default=0.0) \
-            if primary is not None and self.tuning.rank_stronger_first else None
+        primary = topo.primary(address) if self.tuning.rank_stronger_first else None
         out = []
         for w in ring:
             if w in (address, self.root) or w in current or w not in topo:
@@ -1372,9 +1375,15 @@ class Mesh:
             route = topo.primary(w)
             if route is None or address in route.relays:
                 continue
-            dear = bar is not None and route.cost >= bar
+            dear = primary is not None and self._cannot_beat(route, primary)
             out.append((down, dear, ring[w], abs(wn.level - (level - 1)), -route.p, w))
         return [w for *_k, w in sorted(out)]
+
+    def _cannot_beat(self, relay_route: Route, primary: Route) -> bool:
+        """A relay whose own route plus the cheapest hop already costs as much as the node's
+        primary cannot give it a stronger one (hop costs are positive and add up)."""
+        hop = min(self.topology.route_cfg.hop_time.values(), default=0.0)
+        return relay_route.cost + hop >= primary.cost
 
     def _ring(self, address: str) -> set[str]:
         """Nodes within two known hops of ``address``."""
@@ -1433,8 +1442,6 @@ class Mesh:
         def enough() -> bool:
             return have_alternates() and not self._weak_primary(address)
 
-        hop_time = min(self.topology.route_cfg.hop_time.values(), default=0.0)
-
         def cannot_help(route: Route) -> bool:
             # Only a stronger primary is wanted, and the relay's own route already costs as
             # much as the primary: no hop from it can make a cheaper one (hop costs add up
@@ -1442,7 +1449,7 @@ class Mesh:
             if not self.tuning.skip_dear_candidates or not have_alternates():
                 return False
             primary = topo.primary(address)
-            return primary is not None and route.cost + hop_time >= primary.cost
+            return primary is not None and self._cannot_beat(route, primary)
         # The loop below would stop at its first candidate: skip working the candidates out
         # (a sort of the whole two-hop neighbourhood, a route each: most of the CPU of a round
         # that overlaps the probing for alternates).
@@ -1561,9 +1568,7 @@ class Mesh:
                 return ExchangeOutcome(address, None, f"replaced by {new}", None, 0, 0.0)
             log.warning("mesh: meter %s heard again after its replacement by %s was found: "
                         "a node of the mesh again", host, self._replaced.pop(host)[0])
-            node = self.topology.node(host)
-            await self._register([(host, 1 if node.protocol == "dlt645-1997" else 2),
-                                  *((s, self.archive.get(s, 2)) for s in node.sub_meters)])
+            await self._register(self._slave_pairs(host))
         primary = self.topology.primary(host)
         if primary is None:
             # A repair under way (started when a relay was declared dead, or by an earlier
@@ -2051,7 +2056,6 @@ class Mesh:
         back after: if it is alive it answers and its new hop gives it a route; a meter
         swapped in at its spot answers too (``MeterReplacementFound``)."""
         topo = self.topology
-        node = topo.node(address)
         # Proxies searched from for it lately are not searched again: each repair of a node
         # still silent searches the next ones out (see ``_search_proxies``).
         now = self._now()
@@ -2070,8 +2074,7 @@ class Mesh:
         if self._reads_in_flight > self._reads_waiting_repair:
             log.info("mesh: repair search for %s waits for the reads to pause", address)
         await self._wait_for_quiet(but_repair_waits=True)
-        pairs = [(address, 1 if node.protocol == "dlt645-1997" else 2)]
-        pairs += [(s, self.archive.get(s, 2)) for s in node.sub_meters]
+        pairs = self._slave_pairs(address)
         try:
             await self._unregister([a for a, _p in pairs])
         except ModuleError as exc:
@@ -2207,10 +2210,7 @@ class Mesh:
             return 0
         pairs: dict[str, tuple[str, int]] = {}
         for a in waiting:
-            node = topo.node(a)
-            pairs[a] = (a, 1 if node.protocol == "dlt645-1997" else 2)
-            for sub in node.sub_meters:
-                pairs[sub] = (sub, self.archive.get(sub, 2))
+            pairs.update((x, (x, proto)) for x, proto in self._slave_pairs(a))
         try:
             await self._unregister(list(pairs))
         except ModuleError as exc:
@@ -2315,8 +2315,7 @@ class Mesh:
         except ModuleError as exc:
             log.warning("mesh: replaced meter %s not deleted from the module: %s", old, exc)
         if new not in self._registered:
-            await self._register([(new, 1 if nnode.protocol == "dlt645-1997" else 2),
-                                  *((s, self.archive.get(s, 2)) for s in nnode.sub_meters)])
+            await self._register(self._slave_pairs(new))
 
     def replaced_by(self, address: str) -> str | None:
         """The meter found in ``address``'s place (its reads fail at once, see

@@ -507,8 +507,8 @@ class Topology:
         self._emit_routes(self.planner.set_edge(u, v, metric))
 
     def heard_quality(self, u: str, v: str) -> int | None:
-        """Signal quality last reported for the hop u-v, the weaker direction of any medium
-        (None: no quality was ever reported for it)."""
+        """Signal quality last reported for the hop u-v: its weaker direction, on the medium
+        heard best (None: no quality was ever reported for it)."""
         best: int | None = None
         for m in MEDIA:
             qs = [est.quality for est in (self.link(u, v, m), self.link(v, u, m))

@@ -26,6 +26,9 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: concentrator tasks (``module.function`` of a task's outermost frame) that do the reading:
+#: the reader, the module link and its receive loop, the summary meter
+READING_TASKS = ("reader.", "driver.", "link.", "summary_meter.")
 #: the asyncio frame that runs a task's step: the outermost frame of a task's own stack
 _LOOP_RUN = "asyncio/events.py"
 CONCENTRATOR_PACKAGES = ("concentrator", "mesh", "plc_driver", "uplink")

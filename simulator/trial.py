@@ -48,7 +48,7 @@ from mesh.engine import Mesh
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
 from simulator.channel import _BITS_PER_UART_BYTE
-from simulator.cpu_split import CpuSplit
+from simulator.cpu_split import READING_TASKS, CpuSplit
 from simulator.district import SimDistrict
 from simulator.meters import DEFAULT_PASSWORD
 from simulator.module import COMM_MODE
@@ -70,8 +70,6 @@ TRIAL_TASKS: dict[str, Task] = {
     "relay": Task("relay", TaskKind.RELAY, dtime(10, 0), dtime(12, 0)),
 }
 
-#: concentrator tasks (``module.function`` of the outermost frame) that do the reading
-READING_TASKS = ("reader.", "driver.", "link.", "summary_meter.")
 MAINTAIN_PERIOD_S = 3600.0  # mesh upkeep period while reading (the daemon's route period)
 
 # Sizes of the daily frozen exchange the lower bound counts: a read request and a reply with
