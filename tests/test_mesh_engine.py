@@ -66,6 +66,16 @@ class GraphModule:
                 return c
         return meter
 
+    def connect(self, a: str, b: str) -> None:
+        """From now on ``a`` and ``b`` hear each other."""
+        self.adj[a].add(b)
+        self.adj[b].add(a)
+
+    def cut(self, a: str, b: str) -> None:
+        """From now on ``a`` and ``b`` no longer hear each other."""
+        self.adj[a].discard(b)
+        self.adj[b].discard(a)
+
     def hears(self, a: str, b: str) -> bool:
         return b in self.adj.get(a, ()) and a not in self.dead and b not in self.dead
 
@@ -603,8 +613,7 @@ def test_dead_relay_with_a_neighbour_that_hears_its_meter_loses_no_read():
         assert topo.primary(m).relays == (r,) and len(topo.routes(m)) == 1
         for x, y in ((r, s), (s, r)):  # a search heard r and s each other
             topo.observe(x, y, True, 12, t=mesh._now())
-        module.adj[s].add(m)          # s hears m too; the mesh does not know it yet
-        module.adj[m].add(s)
+        module.connect(s, m)          # s hears m too; the mesh does not know it yet
         module.dead.add(r)
         out = await mesh.exchange(m, REQ)
         assert out.ok and out.relays == (s,)
@@ -631,8 +640,7 @@ def test_dead_relay_whose_meter_has_no_known_alternate_is_repaired_by_a_search()
         topo = mesh.topology
         for x, y in ((r, s), (s, r)):
             topo.observe(x, y, True, 12, t=mesh._now())
-        module.adj[s].add(m)
-        module.adj[m].add(s)
+        module.connect(s, m)
         module.dead.add(r)
         searches = len(module.searches)
         # The read that found the relay dead waits for the repair and comes back.
@@ -674,8 +682,7 @@ def test_dead_relays_meters_are_all_read_again_after_one_search():
         for x, y in ((r, s), (s, r)):  # a search heard r and s each other
             topo.observe(x, y, True, 12, t=mesh._now())
         for m in meters:              # s hears every meter; the mesh does not know it
-            module.adj[s].add(m)
-            module.adj[m].add(s)
+            module.connect(s, m)
         module.dead.add(r)
         searches = len(module.searches)
         outs = [await mesh.exchange(m, REQ) for m in meters]
@@ -703,8 +710,7 @@ def test_orphan_heard_again_relays_for_the_orphans_beyond_it():
         for x, y in ((r, s), (s, r)):
             topo.observe(x, y, True, 12, t=mesh._now())
         for x, y in ((s, a), (a, b)):
-            module.adj[x].add(y)
-            module.adj[y].add(x)
+            module.connect(x, y)
         assert await searches_after_relay_dies(module, mesh, r, b) == [(s,), (s, a)]
         assert topo.primary(b).relays == (s, a)
         assert (await mesh.exchange(a, REQ)).ok
@@ -1049,8 +1055,7 @@ def test_two_reads_in_flight_meet_one_dead_relay_and_share_one_repair():
         for x, y in ((r, s), (s, r)):  # a search heard r and s each other
             topo.observe(x, y, True, 12, t=mesh._now())
         for m in (a, b):              # s hears both meters; the mesh does not know it
-            module.adj[s].add(m)
-            module.adj[m].add(s)
+            module.connect(s, m)
         module.dead.add(r)
         searches, reads = len(module.searches), len(module.reads)
         outs = await asyncio.gather(mesh.exchange(a, REQ), mesh.exchange(b, REQ))
@@ -1222,8 +1227,7 @@ def test_a_dead_relays_repair_searches_first_from_the_neighbour_that_heard_it_be
         assert topo.primary(m).relays == (r,)
         for x, y, q in ((r, s1, 3), (s1, r, 3), (r, s2, 14), (s2, r, 14)):
             topo.observe(x, y, True, q, t=mesh._now())
-        module.adj[s2].add(m)
-        module.adj[m].add(s2)
+        module.connect(s2, m)
         assert await searches_after_relay_dies(module, mesh, r, m) == [(s2,)]
         assert topo.primary(m).relays == (s2,)
         await driver.close()
@@ -1251,10 +1255,8 @@ def test_a_repair_passes_over_proxies_it_cannot_reach_and_searches_from_one_it_c
                 topo.observe(x, y, True, q, t=mesh._now())
         await asyncio.sleep(600)  # nobody read for ten minutes
         for s in near:
-            module.adj[CCO].discard(s)
-            module.adj[s].discard(CCO)
-        module.adj[s4].add(m)
-        module.adj[m].add(s4)
+            module.cut(CCO, s)
+        module.connect(s4, m)
         assert await searches_after_relay_dies(module, mesh, r, m) == [(s4,)]
         assert topo.primary(m).relays == (s4,)
         await driver.close()
@@ -1275,8 +1277,7 @@ def test_a_meter_not_heard_around_its_dead_relay_is_searched_for_further_out():
         assert topo.primary(m).relays == (r,) and topo.primary(t).relays == (s,)
         for x, y in ((r, s), (s, r)):  # a search heard r and s each other
             topo.observe(x, y, True, 12, t=mesh._now())
-        module.adj[t].add(m)
-        module.adj[m].add(t)
+        module.connect(t, m)
         module.dead.add(r)
         await mesh.exchange(m, REQ)
         await mesh.wait_repairs()
@@ -1306,8 +1307,7 @@ def test_an_orphan_linked_only_by_failed_probes_is_searched_for_beside_its_dead_
         for d in far:  # alternates probes of m through d failed (quality 0 reported)
             for x, y in ((d, m), (m, d)):
                 topo.observe(x, y, False, 0, t=mesh._now())
-        module.adj[t].add(m)
-        module.adj[m].add(t)
+        module.connect(t, m)
         module.dead.add(r)
         before = len(module.searches)
         out = await mesh.exchange(m, REQ)
