@@ -694,11 +694,13 @@ class CarrierModule:
             rounds = 0
             while reachable and loop.time() < t_end:
                 rounds += 1
-                collisions = self.medium.collisions
-                found = await self._search_round(searcher, route, reported, slices)
+                found, collided = await self._search_round(searcher, route, reported, slices)
                 if self.rogues is not None and rounds == 1:
                     found += self.rogues.search_answers(searcher, self.now(), self.rng)
-                if rounds >= min_rounds and not found and self.medium.collisions == collisions:
+                # Only this search's own slots tell the CCO of collisions (a garbled slot): the
+                # medium's count also held the reads' collisions elsewhere in the district,
+                # and a search during a reading round never ended before its duration.
+                if rounds >= min_rounds and not found and not collided:
                     break
                 for address, q in found:
                     back = route[::-1]
@@ -718,8 +720,9 @@ class CarrierModule:
                 self._search = None
 
     async def _search_round(self, searcher: str, route: list[str], reported: set[str],
-                            slices: int) -> list[tuple[str, int]]:
-        """One beacon from ``searcher`` and its answers in random slots: (node, quality)."""
+                            slices: int) -> tuple[list[tuple[str, int]], int]:
+        """One beacon from ``searcher`` and its answers in random slots: the answers heard
+        (node, quality) and how many collided in their slots."""
         ch = self.channel
         t = self.now()
         on_path = set(route)
@@ -739,6 +742,7 @@ class CarrierModule:
         # timing error; nothing is forwarded during it, so no per-hop processing time.
         slot_len = ch.airtime(40, medium0) + SLOT_S[medium0]
         found: list[tuple[str, int]] = []
+        collided_here = 0
         t_round = self.now()
         for k in range(slices):
             mates = slots.get(k, [])
@@ -750,11 +754,12 @@ class CarrierModule:
                 self.medium.occupy(a, medium, start, start + ch.airtime(40, medium), collided)
                 if collided:
                     self.medium.collisions += 1
+                    collided_here += 1
                     continue
                 if ch.transmit(a, searcher, 40, start, self.rng, medium):
                     found.append((a, quality(ch.snr_db(searcher, a, start, medium), medium)))
         await asyncio.sleep(slices * slot_len)
-        return found
+        return found, collided_here
 
 
 CarrierModule._HANDLERS = {
