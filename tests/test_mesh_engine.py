@@ -1120,6 +1120,166 @@ def test_a_live_relay_that_misses_one_check_probe_is_not_declared_dead():
     run(main())
 
 
+# --- how fast a dead relay is found (issue 4: every affected meter read again in 60 s) ------
+
+
+def _read_behind_dead_relay(**tuning) -> tuple[float, list]:
+    """``m``'s primary runs via ``a`` then ``r``, its alternates via ``b`` or ``s`` then ``r``;
+    ``r`` dies, and its live neighbours hear ``m`` (the mesh does not know it). Returns the
+    read's latency (it must come back) and the module's reads after the death."""
+    async def main():
+        a, b, r, s, m = addr(1), addr(2), addr(3), addr(4), addr(5)
+        edges = [(CCO, a), (CCO, b), (CCO, s), (a, r), (b, r), (s, r), (r, m)]
+        module, driver, mesh = await make(  # (two slots: a read and a check probe at once)
+            edges, config=MeshConfig(probing=False), max_concurrent=2,
+            tuning=EngineTuning(cover_quality=16, repair_probes=0, congestion_rounds=10_000,
+                                **tuning))
+        await mesh.discover()
+        topo = mesh.topology
+        for x, y in ((b, r), (r, b), (r, s), (s, r)):  # heard by searches, say
+            topo.observe(x, y, True, 12, t=mesh._now())
+        assert topo.primary(m).relays == (a, r)
+        assert {rt.relays for rt in topo.routes(m)[1:]} == {(b, r), (s, r)}
+        for x in (a, b, s):  # the repair's first search hears it, whichever it is
+            module.connect(x, m)
+        module.dead.add(r)
+        reads = len(module.reads)
+        out = await mesh.exchange(m, REQ)
+        await mesh.wait_repairs()
+        assert out.ok and len(out.relays) == 1
+        assert r in topo.presumed_dead
+        await driver.close()
+        return out.latency, module.reads[reads:]
+    return run(main())
+
+
+def test_a_broken_primarys_relay_is_checked_while_its_alternate_is_tried():
+    """The alternates of ``m`` share the dead relay ``r`` with its primary. The primary's
+    relays are checked (outward from the CCO: ``a``, then ``r``) as soon as it fails, beside
+    the alternates' attempts, not after them: the check's first probe ends before the first
+    alternate's read does, and ``m`` is read sooner."""
+    a, r, m = addr(1), addr(3), addr(5)
+
+    def first_probe_and_alternates(reads) -> tuple[int, list[int]]:
+        order = [(x, rl) for x, rl, _ok in reads]
+        alternates = [i for i, (x, rl) in enumerate(order) if x == m and r in rl and rl != (a, r)]
+        return order.index((a, ())), alternates
+    early, reads = _read_behind_dead_relay()
+    late, reads_late = _read_behind_dead_relay(early_relay_check=False)
+    probe, alternates = first_probe_and_alternates(reads)
+    assert len(alternates) == 2 and probe < alternates[0]
+    probe, alternates = first_probe_and_alternates(reads_late)
+    assert len(alternates) == 2 and probe > alternates[-1]
+    assert early < late
+
+
+def _two_dead_relays(**tuning) -> float:
+    """Relays ``r1`` and ``r2`` are each the one known way to a meter; both die and their
+    meters are read at once (two read slots). Returns when the slower read came back."""
+    async def main():
+        r1, r2, s, m1, m2 = addr(1), addr(2), addr(3), addr(4), addr(5)
+        edges = [(CCO, r1), (CCO, r2), (CCO, s), (r1, s), (r2, s), (r1, m1), (r2, m2)]
+        module, driver, mesh = await make(
+            edges, config=MeshConfig(probing=False), max_concurrent=2,
+            tuning=EngineTuning(cover_quality=16, repair_probes=0, congestion_rounds=10_000,
+                                **tuning))
+        await mesh.discover()
+        topo = mesh.topology
+        for x, y in ((r1, s), (s, r1), (r2, s), (s, r2)):
+            topo.observe(x, y, True, 12, t=mesh._now())
+        for m in (m1, m2):
+            module.connect(s, m)
+        module.dead.update((r1, r2))
+        outs = await asyncio.gather(mesh.exchange(m1, REQ), mesh.exchange(m2, REQ))
+        await mesh.wait_repairs()
+        assert [o.ok for o in outs] == [True, True]
+        assert {r1, r2} <= topo.presumed_dead.keys()
+        await driver.close()
+        return max(o.latency for o in outs)
+    return run(main())
+
+
+def test_the_checks_of_two_dead_relays_probe_side_by_side():
+    """Two relays die at once: their checks' probes go out side by side (still never under a
+    search), not one check's silent probes after the other's, so both meters are read again
+    sooner."""
+    beside = _two_dead_relays()
+    in_turn = _two_dead_relays(checks_beside=False)
+    assert beside < in_turn
+
+
+def _live_relays_probed_in_check(**tuning) -> list[str]:
+    """A chain of six relays to ``m``; the sixth dies. The live relays the check probed."""
+    async def main():
+        module, driver, mesh = await make(
+            chain(7), config=MeshConfig(probing=False),
+            tuning=EngineTuning(cover_quality=16, repair_probes=0, congestion_rounds=10_000,
+                                **tuning))
+        await mesh.discover()
+        relays, m = [addr(i) for i in range(1, 7)], addr(7)
+        assert mesh.topology.primary(m).relays == tuple(relays)
+        module.dead.add(relays[-1])
+        reads = len(module.reads)
+        out = await mesh.exchange(m, REQ)
+        await mesh.wait_repairs()
+        assert not out.ok  # nothing else hears it
+        assert set(mesh.topology.presumed_dead) == {relays[-1]}
+        await driver.close()
+        return [x for x, _rl, _ok in module.reads[reads:] if x in relays[:-1]]
+    return run(main())
+
+
+def test_a_long_routes_suspects_are_narrowed_down_by_halves():
+    """The sixth relay of ``m``'s route dies. The check probes the route's middle relay, then
+    the middle of what is left, and finds the first five alive with two probes, where one
+    by one outward from the CCO it probed all five."""
+    assert _live_relays_probed_in_check() == [addr(3), addr(5)]
+    assert _live_relays_probed_in_check(bisect_relay_checks=False) == [addr(i)
+                                                                       for i in range(1, 6)]
+
+
+def _group_search_rounds(**tuning) -> tuple[int, list[str]]:
+    """Relay ``r`` dies; its two meters are heard again by ``s``, which also hears five nodes
+    no search found before (a round module reporting one answer a round). Returns after how
+    many rounds the repair's search was stopped (if it was) and the strangers it found."""
+    async def main():
+        r, s, m1, m2 = addr(1), addr(2), addr(3), addr(4)
+        strangers = [addr(i) for i in range(10, 15)]
+        edges = [(CCO, r), (CCO, s), (r, s), (r, m1), (r, m2)]
+        module, driver, mesh = await _round_mesh(
+            edges, per_round=1,
+            tuning=EngineTuning(cover_quality=16, repair_probes=0, congestion_rounds=10_000,
+                                **tuning))
+        await mesh.discover()
+        topo = mesh.topology
+        for x, y in ((r, s), (s, r)):
+            topo.observe(x, y, True, 12, t=mesh._now())
+        for u in strangers:
+            module.adj.setdefault(u, set())
+        for x in (m1, m2, *strangers):
+            module.connect(s, x)
+        module.dead.add(r)
+        starts = len(module.starts)
+        outs = [await mesh.exchange(m, REQ) for m in (m1, m2)]
+        await mesh.wait_repairs()
+        assert [o.ok and o.relays == (s,) for o in outs] == [True, True]
+        assert len(module.starts) == starts + 1  # one search
+        t0 = module.starts[starts]
+        stops = [round((t - t0) / RoundModule.ROUND_S) for t in module.stops if t > t0]
+        await driver.close()
+        return stops, [a for a in strangers if a in topo]
+    return run(main())
+
+
+def test_a_repair_search_ends_once_the_nodes_it_is_for_have_answered():
+    """The search for a dead relay's two meters is stopped once both answered (two rounds),
+    not run on while strangers around the proxy answer one a round."""
+    stops, strangers = _group_search_rounds()
+    assert stops == [2] and strangers == []
+    stops, strangers = _group_search_rounds(repair_search_wanted=False)
+    assert stops == [] and len(strangers) == 5  # it ran until the module ended it
+
+
 # --- formation: repeats of the CCO's own search (root_repeats) ------------------------------
 
 
