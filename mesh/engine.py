@@ -52,10 +52,13 @@ is given; everything here decides *which* list.
   takes its slot) and its reads fail at once, "replaced by ..." (``replaced_by``), until it is
   heard again or aged out. An add the module refuses with its archive full is not sent again
   until a node leaves it. A relay suspected after
-  a broken route is checked once however many reads meet it; declared dead, it gets one group
+  a broken route is checked once however many reads meet it, starting as soon as the
+  primary fails (beside the alternates' attempts); a long route's suspects are bisected
+  first, and the checks of several relays probe side by side, never under a search.
+  Declared dead, a relay gets one group
   repair for every node it left with no route (they are taken out of the module's archive so
   they answer, and searched for from the relay's live neighbours); reads of those nodes wait
-  for it (``repair_wait_s``).
+  for it (``repair_wait_s``). A repair search ends once the nodes it is for have answered.
 * **Reports**: the mesh owns the module's report queue (``drain_reports``): reports outside a
   search are logged, a search keeps its own (the daemon's drain loop once took every other
   one, found nodes included).
@@ -2125,10 +2128,14 @@ class Mesh:
             p = (nb.p_out or nb.p_in or 0.0) * (nb.p_in or nb.p_out or 0.0) * p_scale
             two_way[nb.address] = max(two_way.get(nb.address, 0.0), p)
         dead: list[tuple[str, float]] = []
+        level = self._level_before.get(address) or topo.node(address).level or 1
         for nb in topo.neighbours(address):
-            if nb.address != self.root and not _heard(topo, address, nb.address):
+            if not _heard(topo, address, nb.address) and (nb.address != self.root
+                                                          or level > 2):
                 continue  # known from failed probes only (see ``_heard``); the CCO's own
-                # search hears every node next to it (its failed probe says no more)
+                # search hears every node next to it (its failed probe says no more), but
+                # not a node found 3 hops out or more (1,000-meter hplc feeder: the CCO
+                # was the first proxy searched for a level-6 meter)
             if nb.address in topo.presumed_dead:
                 dead.append((nb.address, _heard_before(topo, nb.address, address)))
             elif live(nb.address):
@@ -2145,7 +2152,6 @@ class Mesh:
         # repair searches a wider circle instead of the same proxies again (2,040-meter hplc
         # feeder: three meters whose one way back was a node never linked to them were
         # searched for from the same three proxies after every read).
-        level = self._level_before.get(address) or topo.node(address).level or 1
         out += [w for w in _around(topo, (address, *(d for d, _v in dead)), live, level - 1)
                 if w not in score]
         return out

@@ -1479,6 +1479,24 @@ def test_an_orphan_linked_only_by_failed_probes_is_searched_for_beside_its_dead_
     run(main())
 
 
+def test_the_cco_is_searched_from_for_a_node_near_it_not_for_one_three_hops_out():
+    """A failed probe straight from the CCO says nothing of whether the CCO's own search
+    hears a node: for a level-2 node the CCO stays a repair proxy, for a level-3 node it
+    does not (its search would be one more empty one before the nodes around it)."""
+    async def main():
+        module, driver, mesh = await formed_for_repair(chain(3))
+        topo = mesh.topology
+        near, far = addr(2), addr(3)
+        for m in (near, far):
+            for x, y in ((CCO, m), (m, CCO)):
+                topo.observe(x, y, False, 0, t=mesh._now())
+        assert CCO in mesh._search_proxies(near)
+        assert CCO not in mesh._search_proxies(far)
+        assert addr(2) in mesh._search_proxies(far)
+        await driver.close()
+    run(main())
+
+
 # --- a replaced meter, fruitless repairs, a full slave archive (issue 4) --------------------
 
 class FullModule(GraphModule):
