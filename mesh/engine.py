@@ -595,6 +595,14 @@ class Mesh:
                    tuning=tuning)
         # Everything in the saved mesh was registered with the module before the restart.
         mesh._registered = {n.address for n in topo.nodes() if n.address != topo.root}
+        for a, (new, t, fruitless, until) in persist.load_repairs(_database(db)).items():
+            if a not in topo:
+                continue
+            if new is not None and new in topo:
+                mesh._replaced[a] = (new, t if t is not None else mesh._now())
+                mesh._registered.discard(a)  # it left the module's archive for good
+            if fruitless and until is not None:
+                mesh._repair_backoff[a] = (fruitless, until)
         mesh._last_save = mesh._now()
         log.info("mesh: restored %d nodes, %d with a route", len(topo.nodes()) - 1,
                  len(topo.planner.published))
@@ -2489,11 +2497,13 @@ class Mesh:
         db = _database(self.db)
         previous, self._saved = self._saved, None  # unknown until this save is committed
         try:
+            repairs = self._repair_state()
             if hasattr(self.db, "batch"):
                 with self.db.batch():
-                    saved = persist.save(db, self.topology, previous=previous)
+                    saved = persist.save(db, self.topology, previous=previous,
+                                         repairs=repairs)
             else:
-                saved = persist.save(db, self.topology, previous=previous)
+                saved = persist.save(db, self.topology, previous=previous, repairs=repairs)
         except Exception as exc:  # the store has its own error tree; routing goes on
             log.error("mesh: saving the mesh failed: %s", exc)
             return False
@@ -2503,6 +2513,16 @@ class Mesh:
             self._saved = saved
         self._last_save = self._now()
         return True
+
+    def _repair_state(self) -> persist.RepairState:
+        """The replaced meters and the backed-off repairs, for ``persist.save``."""
+        out: persist.RepairState = {}
+        for old, (new, t) in self._replaced.items():
+            out[old] = (new, t, 0, None)
+        for a, (fruitless, until) in self._repair_backoff.items():
+            new, t, _f, _u = out.get(a, (None, None, 0, None))
+            out[a] = (new, t, fruitless, until)
+        return out
 
     def snapshot(self) -> dict:
         """JSON-able view for the CLI: nodes with level, phase, links, route, last seen,

@@ -9,7 +9,11 @@ Tables (created on first ``save``; the store owns the database file and its WAL 
 * ``mesh_nodes``  — one row per node; ``is_root`` marks the concentrator (CCO address);
 * ``mesh_links``  — one row per directed link and medium (``src``, ``dst``, ``medium``);
 * ``mesh_routes`` — each node's routes as last computed (rank 0 = primary, ``kind`` tells
-  primary/relief/alternate), kept for inspection and for restoring relief pins.
+  primary/relief/alternate), kept for inspection and for restoring relief pins;
+* ``mesh_repairs`` — what the repairs learned that the topology does not hold: a meter found
+  replaced (by which, since when) and a node whose repairs found nothing (how many in a row,
+  no new repair until when). Without it a restart searched for a replaced meter again, and
+  for a meter gone from the district at once.
 
 ``save`` writes the three tables in one transaction, so a power cut leaves either the old or
 the new state; given what the last committed save returned, it writes only the rows that
@@ -30,11 +34,16 @@ from mesh.links import LinkConfig, LinkEstimate
 from mesh.routes import RouteConfig
 from mesh.topology import Node, NodeKind, NodeStatus, Topology
 
-__all__ = ["save", "load", "NODES", "LINKS", "ROUTES", "MeshStateError", "SavedRows"]
+__all__ = ["save", "load", "load_repairs", "NODES", "LINKS", "ROUTES", "REPAIRS",
+           "MeshStateError", "SavedRows", "RepairState"]
 
 log = logging.getLogger(__name__)
 
 NODES, LINKS, ROUTES = "mesh_nodes", "mesh_links", "mesh_routes"
+REPAIRS = "mesh_repairs"
+
+#: node -> (replaced by, when found, fruitless repairs in a row, no repair before)
+RepairState = dict[str, tuple[str | None, float | None, int, float | None]]
 
 
 class MeshStateError(Exception):
@@ -57,6 +66,9 @@ def _ensure_tables(db: sqlite_utils.Database) -> None:
     elif "periods" not in db[LINKS].columns_dict:
         # A store saved before the by-time-of-day evidence: the column comes with this save.
         db[LINKS].add_column("periods", str)
+    if not db[REPAIRS].exists():
+        db[REPAIRS].create({"address": str, "replaced_by": str, "replaced_at": float,
+                            "fruitless": int, "no_repair_before": float}, pk="address")
     if not db[ROUTES].exists():
         db[ROUTES].create({
             "address": str, "rank": int, "kind": str, "relays": str, "media": str,
@@ -105,7 +117,7 @@ def _rows(topology: Topology, alternates: bool) -> SavedRows:
 
 
 def save(db: sqlite_utils.Database, topology: Topology, alternates: bool = True,
-         previous: SavedRows | None = None) -> SavedRows:
+         previous: SavedRows | None = None, repairs: RepairState | None = None) -> SavedRows:
     """Write the mesh state; ``alternates=False`` stores primaries only (faster).
 
     With ``previous`` (what this function returned for the last save *that was committed*),
@@ -113,12 +125,20 @@ def save(db: sqlite_utils.Database, topology: Topology, alternates: bool = True,
     of a 2,040-node district rewrote its ~80k rows to the flash every time, most of them
     unchanged. Without it, the tables are rewritten whole. Returns what the tables now hold.
 
+    ``repairs`` (a handful of rows) replaces the ``mesh_repairs`` table whole.
+
     One transaction of its own, or a savepoint inside the caller's open transaction.
     """
     rows = _rows(topology, alternates)
     written = deleted = 0
     with db.atomic():
         _ensure_tables(db)
+        if repairs is not None:
+            db.execute(f"DELETE FROM [{REPAIRS}]")
+            db.conn.executemany(
+                f"INSERT INTO [{REPAIRS}] (address, replaced_by, replaced_at, fruitless, "
+                "no_repair_before) VALUES (?, ?, ?, ?, ?)",
+                [(a, *v) for a, v in sorted(repairs.items())])
         for table, now in rows.items():
             cols = _COLUMNS[table]
             nkey = _KEYS[table]
@@ -208,3 +228,17 @@ def load(
             n.level = len(pub[0]) + 1 if pub else None
     log.info("mesh: loaded %d nodes, %d routes", len(rows), len(topo.planner.published))
     return topo
+
+
+def load_repairs(db: sqlite_utils.Database) -> RepairState:
+    """What ``save`` stored of the repairs (empty for a store saved before the table)."""
+    if not db[REPAIRS].exists():
+        return {}
+    out: RepairState = {}
+    for r in db[REPAIRS].rows:
+        try:
+            out[str(r["address"])] = (r["replaced_by"], r["replaced_at"], int(r["fruitless"] or 0),
+                                      r["no_repair_before"])
+        except (TypeError, ValueError) as exc:
+            log.warning("mesh: stored repair state of %s rejected: %s", r.get("address"), exc)
+    return out

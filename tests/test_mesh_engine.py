@@ -1575,6 +1575,40 @@ def test_a_replaced_meter_leaves_the_full_module_and_its_reads_fail_at_once_with
     run(main())
 
 
+def test_a_restart_remembers_the_replaced_meter_and_the_repairs_held_off(tmp_path):
+    """Issue 4: the mesh found ``old`` replaced by ``new``, and a repair of ``gone`` found
+    nothing. After a restart from the saved state, a read of ``old`` still fails at once
+    with the reason (no radio, no search), ``old`` is not registered back with the module,
+    and ``gone`` gets no new repair before its hold-off ends."""
+    async def main():
+        relay, old, new, events, module, driver, mesh = await _replaced_in_a_full_module()
+        db = sqlite_utils.Database(tmp_path / "mesh.db")
+        mesh.db = db
+        gone = relay  # silent from now on: its repair finds nothing and is held off
+        module.dead.add(gone)
+        await mesh.repair(gone, probes=False)
+        held = mesh._repair_backoff[gone]
+        assert mesh.save()
+        await driver.close()
+        conc, mod = MemoryLink.pair()
+        module2 = FullModule(mod, [(CCO, relay), (relay, old), (relay, new)])
+        module2.archive.update(module.archive)
+        module2.dead.update(module.dead)
+        driver2 = ModuleDriver(conc, comm_mode=COMM, cco_address=CCO, read_timeout=30.0)
+        await driver2.start()
+        again = Mesh.restore(driver2, db, clock=LoopClock(datetime(2024, 3, 1)),
+                             config=MeshConfig(probing=False))
+        assert again.replaced_by(old) == new
+        assert again._repair_backoff[gone] == held
+        out = await again.exchange(old, REQ)
+        assert not out.ok and out.failure == f"replaced by {new}" and out.attempts == 0
+        assert again._start_repair(gone) is None  # held off as before the restart
+        await again.wait_repairs()
+        assert module2.reads == [] and module2.searches == [] and module2.adds == 0
+        await driver2.close()
+    run(main())
+
+
 def test_a_replaced_meter_heard_again_is_a_node_of_the_mesh_again():
     """Issue 4: the meter taken for replaced was only off. Heard again (here: a search from
     its relay reports it), its reads go out again and it is back in the module's archive."""
