@@ -370,6 +370,11 @@ class EngineTuning:
     #: relay checks' probes go beside each other (never under a search, see
     #: ``_beside_checks``); False: one at a time under the search lock
     checks_beside: bool = True
+    #: a read waiting for a group repair goes out once its node is heard again and back in
+    #: the module's archive, not after the repair's searches for the others
+    early_repair_reads: bool = True
+    #: reads to or through the proxy of the search under way wait for the search to end
+    reads_wait_for_proxy: bool = True
     #: a repair search ends once the nodes it is for have answered, and is not judged
     #: congested (see ``_search_from``)
     repair_search_wanted: bool = True
@@ -547,6 +552,9 @@ class Mesh:
         self._relay_checks: dict[str, asyncio.Task[bool]] = {}
         self._bisect_probes: dict[str, asyncio.Task[bool]] = {}  # see _bisect_relays
         self._checks_in_flight = 0  # relay check probes under way (see _beside_checks)
+        self._search_proxy: str | None = None  # the proxy of the search under way
+        self._search_over = asyncio.Event()
+        self._search_over.set()
         self._checks_idle = asyncio.Event()
         self._checks_idle.set()
         #: node -> when a repair search from it last heard nodes (it is alive, see
@@ -1018,8 +1026,7 @@ class Mesh:
         tail = tn.root_tail if proxy == self.root else tn.proxy_tail
         last_t: float | None = None
         loop = asyncio.get_running_loop()
-        async with self._search_lock:
-            await self._checks_idle.wait()  # (relay checks' probes in flight: see _beside_checks)
+        async with self._searching(proxy):
             self.stats.searches += 1
             try:
                 await self.driver.start_search(path, minutes, retries=tn.search_retries,
@@ -1534,6 +1541,12 @@ class Mesh:
         relays = path[1:-1]
         if target != host:
             relays = (*relays, host)  # the collector carries the frame to its RS-485 meter
+        while self._search_proxy is not None and self._search_proxy in path[1:] \
+                and self.tuning.reads_wait_for_proxy:
+            # The proxy of the search under way is busy with its beacons and answer rounds:
+            # a read to or through it then failed like a dead node's (1,000-meter hplc
+            # street: the group repair's proxy lost its own read to its probes meanwhile).
+            await self._search_over.wait()
         self.stats.reads += 1
         result = await self.driver.read(target, relays, frame, timeout=timeout)
         if result.deny_code == DENY_BUSY:
@@ -1617,7 +1630,7 @@ class Mesh:
             # read) may give it a route in a moment: waiting beats losing the read.
             task = self._repairs.get(host)
             if task is not None and not task.done():
-                await self._wait_repair(task)
+                await self._wait_repair(task, host)
             primary = self.topology.primary(host)
         if primary is None:
             log.info("mesh: no route to %s", address)
@@ -1690,15 +1703,23 @@ class Mesh:
         when that route breaks too), else after the repair under way or quick repair probes
         (at most once per ``relay_check_s`` a node); (route, reply) when a read worked."""
         topo = self.topology
+        under_repair: tuple[str, ...] | None = None  # a path read while its repair searched
         for _attempt in range(1 + self.tuning.recover_checks):
             route = topo.primary(host)
             task = self._repairs.get(host)
             if (route is None or route.path in tried) and task is not None \
                     and not task.done():
                 # Its relay was just declared dead and the repair of everything behind it
-                # is under way: this read waits for it rather than being lost.
-                await self._wait_repair(task)
+                # is under way: this read waits for it rather than being lost (until the
+                # node is heard again; after a read that failed then, until it ends).
+                await self._wait_repair(task, host if route is None else None)
                 route = topo.primary(host)
+                if route is not None and route.path == under_repair:
+                    # Read once while the repair's next searches filled the medium: the
+                    # path it was heard on gets one more read now they are over (200-meter
+                    # hplc feeder: such a read was lost to the search from its neighbour).
+                    tried.discard(route.path)
+                    under_repair = None
                 if route is None or route.path in tried:
                     return None
             elif route is None or route.path in tried:
@@ -1722,6 +1743,8 @@ class Mesh:
                         return None  # (a path tried before is tried again: just heard)
             tried.add(route.path)
             since = self._now()
+            task = self._repairs.get(host)
+            repairing = task is not None and not task.done()
             result = await self._read(address, host, route.path, frame, None)
             path_ok = self._learn(route.path, result, route)
             self._flush()
@@ -1730,6 +1753,8 @@ class Mesh:
                 log.info("mesh: %s read via %s after its routes failed", address,
                          list(route.relays))
                 return route, result.reply
+            if repairing and under_repair is None and not path_ok:
+                under_repair = route.path
             if path_ok or result.deny_code != DENY_SLAVE_SILENT or not route.relays:
                 return None
             # The new route broke as well: another relay on it may be dead (5 % of the relays
@@ -1743,13 +1768,24 @@ class Mesh:
         if self._reads_in_flight <= self._reads_waiting_repair:
             self._reads_idle.set()
 
-    async def _wait_repair(self, task: asyncio.Task[None]) -> None:
-        """A read waits (at most ``repair_wait_s``) for the repair that may give it a route."""
+    async def _wait_repair(self, task: asyncio.Task[None], host: str | None = None) -> None:
+        """A read waits (at most ``repair_wait_s``) for the repair that may give it a route;
+        with ``host`` (``early_repair_reads``), only until ``host`` has a route again and is
+        back in the module's archive: a group repair's later searches are for the others."""
         self._reads_waiting_repair += 1
         self._note_reads_idle()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.tuning.repair_wait_s
         try:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+            if host is None or not self.tuning.early_repair_reads:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
+                return
+            topo = self.topology
+            while not task.done() and loop.time() < end:
+                if host in self._registered and host in topo and topo.primary(host) is not None:
+                    return
+                await asyncio.wait({task}, timeout=min(0.5, max(0.0, end - loop.time())))
         finally:
             self._reads_waiting_repair -= 1
 
@@ -1836,6 +1872,21 @@ class Mesh:
     async def _bisect_probe(self, r: str, prefix: tuple[str, ...], since: float | None) -> bool:
         async with self._beside_checks():
             return self._alive_lately(r, since) or await self.probe(r, prefix)
+
+    @contextlib.asynccontextmanager
+    async def _searching(self, proxy: str) -> Any:
+        """Hold the search lock for a search from ``proxy``, once the relay checks' probes in
+        flight are over (see ``_beside_checks``); reads through ``proxy`` wait meanwhile
+        (``_read``)."""
+        async with self._search_lock:
+            await self._checks_idle.wait()
+            self._search_proxy = proxy
+            self._search_over.clear()
+            try:
+                yield
+            finally:
+                self._search_proxy = None
+                self._search_over.set()
 
     @contextlib.asynccontextmanager
     async def _beside_checks(self) -> Any:

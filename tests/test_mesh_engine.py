@@ -718,6 +718,94 @@ def test_orphan_heard_again_relays_for_the_orphans_beyond_it():
     run(main())
 
 
+def _orphans_read_at_once(**tuning) -> tuple[float, float]:
+    """Behind dead relay ``r``: ``a`` (heard by ``r``'s neighbour ``s``) and ``b`` (heard only
+    by ``a``), read at once. Returns when each read came back."""
+    async def main():
+        r, s, a, b = addr(1), addr(2), addr(3), addr(4)
+        edges = [(CCO, r), (CCO, s), (r, s), (r, a), (r, b)]
+        module, driver, mesh = await formed_for_repair(edges)
+        # (the search for b is made from a: a's read would wait for it, see below)
+        mesh.tuning = dataclasses.replace(mesh.tuning, reads_wait_for_proxy=False, **tuning)
+        topo = mesh.topology
+        for x, y in ((r, s), (s, r)):
+            topo.observe(x, y, True, 12, t=mesh._now())
+        for x, y in ((s, a), (a, b)):
+            module.connect(x, y)
+        module.dead.add(r)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        done: dict[str, float] = {}
+
+        async def read(m: str) -> None:
+            assert (await mesh.exchange(m, REQ)).ok
+            done[m] = loop.time() - t0
+        await asyncio.gather(read(a), read(b))
+        await mesh.wait_repairs()
+        await driver.close()
+        return done[a], done[b]
+    return run(main())
+
+
+def test_an_orphan_heard_again_is_read_before_the_search_for_the_others_ends():
+    """The group repair behind dead relay ``r`` hears ``a`` in its first search and ``b`` in
+    its second (from ``a``). ``a``'s read goes out once ``a`` is heard and back in the
+    module's archive, not after the search for ``b``."""
+    early_a, early_b = _orphans_read_at_once()
+    late_a, late_b = _orphans_read_at_once(early_repair_reads=False)
+    assert early_a < early_b
+    assert early_a + 1.0 < late_a  # (without: it waited for the 2-second search for b)
+
+
+class BusyProxyModule(GraphModule):
+    """A ``GraphModule`` in which a node searching (beacons, answer rounds) drops the reads
+    sent to or through it meanwhile."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.searching: str | None = None
+
+    async def _search(self, path) -> None:
+        self.searching = path[-1] if path else None
+        try:
+            await super()._search(path)
+        finally:
+            self.searching = None
+
+    async def _read(self, f, unit) -> None:
+        if self.searching is not None and self.searching in (*f.relays, f.destination):
+            await asyncio.sleep(0.2 * (len(f.relays) + 2))
+            self.reads.append((f.destination, tuple(f.relays), False))
+            self.send(g.deny(f.seq, 11, COMM, to=f))
+            return
+        await super()._read(f, unit)
+
+
+def _read_while_it_searches(**tuning) -> bool:
+    async def main():
+        p, m = addr(1), addr(2)
+        module, driver, mesh = await make(chain(2), module_cls=BusyProxyModule,
+                                          config=MeshConfig(probing=False), max_concurrent=2,
+                                          tuning=EngineTuning(cover_quality=16, **tuning))
+        await mesh.discover()
+        search = asyncio.ensure_future(mesh._search_from(p, 2, True, minutes=1))
+        await asyncio.sleep(0.5)
+        reads = len(module.reads)
+        out = await mesh.exchange(m, REQ)
+        await search
+        await driver.close()
+        return out.ok and out.attempts == 1 and len(module.reads) == reads + 1
+    return run(main())
+
+
+def test_a_read_through_the_proxy_of_a_search_under_way_waits_for_the_search():
+    """Relay ``p`` is searching (a repair's search, say) when ``m`` behind it is read: the
+    read waits for the search to end and goes through on its first attempt, instead of
+    failing into ``p``'s answer rounds and spending its retries and probes there."""
+    assert _read_while_it_searches()
+    assert not _read_while_it_searches(reads_wait_for_proxy=False)
+
+
 # --- faster formation (issue 4): known answers for each rule --------------------------------
 
 class RoundModule(GraphModule):
