@@ -145,9 +145,6 @@ class Medium:
         self._air: list[_Tx] = []
         self.collisions = 0  # transmissions lost to a same-slot collision
         self.transmissions = 0
-        # A modem sends one frame at a time: its next frame waits for the last one and its
-        # ACK window (relays forwarding several frames at once, pipelined search reports).
-        self._sending_until: dict[str, float] = {}
 
     def medium_for(self, src: str, dst: str) -> str:
         ch = self.channel
@@ -180,14 +177,12 @@ class Medium:
         for _ in range(64):
             t = self.now()
             self._prune(t)
-            busy = max(self._heard_busy_until(src, medium, t),
-                       self._sending_until.get(src, 0.0))
+            busy = self._heard_busy_until(src, medium, t)
             if busy > t:
                 await asyncio.sleep(busy - t)
             await asyncio.sleep(self.rng.randrange(window) * slot)
             t = self.now()
-            if self._heard_busy_until(src, medium, t) <= t \
-                    and self._sending_until.get(src, 0.0) <= t:
+            if self._heard_busy_until(src, medium, t) <= t:
                 break
         t = self.now()
         tx = _Tx(src, dst, medium, t, t + ch.airtime(nbytes, medium))
@@ -204,7 +199,6 @@ class Medium:
             self.collisions += 1
         self._air.append(tx)
         self.transmissions += 1
-        self._sending_until[src] = tx.end + ch.airtime(ACK_BYTES, medium)
         return tx
 
     def overlapping(self, tx: _Tx) -> list[str]:
@@ -708,10 +702,10 @@ class CarrierModule:
                 # and a search during a reading round never ended before its duration.
                 if rounds >= min_rounds and not found and not collided:
                     break
-
-                async def forward(address: str, q: int) -> None:
-                    if path and not await self._path(route[::-1], 40):
-                        return  # the proxy's report was lost on the way back
+                for address, q in found:
+                    back = route[::-1]
+                    if path and not await self._path(back, 40):
+                        continue  # the proxy's report was lost on the way back
                     reported.add(address)
                     self.stats.found += 1
                     log.info("module: search found %s via %s (quality %d)", address,
@@ -719,10 +713,6 @@ class CarrierModule:
                     self._report(g.ReportSlaves((self._found_node(address, self.now()),)), 4,
                                  source=address, relays=tuple(reversed(path)),
                                  destination=self.master_address, cmd_quality=q, reply_quality=q)
-                # The proxy sends the round's reports one after another and each relay
-                # forwards a report as it comes (store and forward): pipelined, not each
-                # report carried all the way to the CCO before the proxy sends the next.
-                await asyncio.gather(*(forward(a, q) for a, q in found))
             self._report(g.RouteWorkStatus(2), 3)
             log.info("module: search from %s done, %d nodes reported", searcher, len(reported))
         finally:
