@@ -371,8 +371,11 @@ class EngineTuning:
     #: ``_beside_checks``); False: one at a time under the search lock
     checks_beside: bool = True
     #: a read waiting for a group repair goes out once its node is heard again and back in
-    #: the module's archive, not after the repair's searches for the others
-    early_repair_reads: bool = True
+    #: the module's archive, not after the repair's searches for the others. Off: its read
+    #: then meets the next searches' answer rounds (bench/mesh.py, 1,000-meter hplc street
+    #: seeds 1/2/3: repair 74/45/31 sim-s off, 116/49/37 on with 2 reads lost; feeder seed 2
+    #: 163 -> 194 s)
+    early_repair_reads: bool = False
     #: reads to or through the proxy of the search under way wait for the search to end
     reads_wait_for_proxy: bool = True
     #: a repair search ends once the nodes it is for have answered, and is not judged

@@ -748,11 +748,12 @@ def _orphans_read_at_once(**tuning) -> tuple[float, float]:
 
 
 def test_an_orphan_heard_again_is_read_before_the_search_for_the_others_ends():
-    """The group repair behind dead relay ``r`` hears ``a`` in its first search and ``b`` in
-    its second (from ``a``). ``a``'s read goes out once ``a`` is heard and back in the
-    module's archive, not after the search for ``b``."""
-    early_a, early_b = _orphans_read_at_once()
-    late_a, late_b = _orphans_read_at_once(early_repair_reads=False)
+    """With ``early_repair_reads`` (off by default): the group repair behind dead relay ``r``
+    hears ``a`` in its first search and ``b`` in its second (from ``a``). ``a``'s read goes
+    out once ``a`` is heard and back in the module's archive, not after the search for
+    ``b``."""
+    early_a, early_b = _orphans_read_at_once(early_repair_reads=True)
+    late_a, late_b = _orphans_read_at_once()
     assert early_a < early_b
     assert early_a + 1.0 < late_a  # (without: it waited for the 2-second search for b)
 
