@@ -1817,8 +1817,7 @@ class Mesh:
                 return  # declared dead meanwhile (another read): its routes have moved
             pending = self._relay_checks.get(r)
             if pending is not None:
-                dead = await asyncio.shield(pending)
-                if dead:
+                if await asyncio.shield(pending):
                     return
                 continue
             if self._alive_lately(r, since):
@@ -1834,10 +1833,7 @@ class Mesh:
             task.add_done_callback(
                 lambda t, r=r: self._relay_checks.pop(r, None)
                 if self._relay_checks.get(r) is t else None)
-            # The check's probes are its own (under the search lock): the read that started
-            # it only waits, and its slot serves the reads queued behind it meanwhile.
-            dead = await asyncio.shield(task)
-            if dead:
+            if await asyncio.shield(task):
                 return
 
     async def _bisect_relays(self, relays: tuple[str, ...], used: set[str],
