@@ -14,6 +14,7 @@ recompute, one link change). Prints the figures and writes ``bench/mesh.json``.
     .venv/bin/python bench/mesh.py --quick     # 200 meters, street, hplc + npl
     .venv/bin/python bench/mesh.py             # 200 / 1,000 / 2,040, street + feeder
     .venv/bin/python bench/mesh.py --case 1000:street:hplc --out /tmp/m.json   # one district
+    .venv/bin/python bench/mesh.py --case 1000:street:hplc --seed 2 --repair-log /tmp/r.log
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ REPAIR_CONCURRENCY = 0  # --repair-concurrency (0: the module's own limit)
 SEED = 1  # --seed: the generated districts' seed
 BASELINE_LEAD_S = 5400.0  # the no-repair reading of the affected meters starts this early
 SEARCH_LOG = False  # --search-log: every formation search in the JSON (level, proxy, ...)
+REPAIR_LOG: Path | None = None  # --repair-log: the repair phase's log and reads, sim-timed
 
 
 def _request(sc, address: str) -> bytes:
@@ -208,10 +210,15 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
     # The affected meters are read as the reader reads them: up to the module's concurrent
     # reads at once (5 on HPLC, 1 on narrowband), not one after another.
 
+    trace = _RepairTrace(REPAIR_LOG, t_rep) if REPAIR_LOG is not None else None
+
     async def read_again(a: str, first: bool) -> None:
         nonlocal lost_first
         async with slots:
+            t_read = loop.time()
             out = await mesh.exchange(a, _request(sc, a))
+        if trace is not None:
+            trace.read(a, t_read, loop.time(), out)
         if out.ok:
             pending.discard(a)
         elif first:
@@ -223,6 +230,8 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
             break
         await mesh.wait_repairs()
     repair_s = loop.time() - t_rep
+    if trace is not None:
+        trace.close()
     for r in dead:
         d.revive_node(r)
     mesh.save()
@@ -274,6 +283,45 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
     }
 
 
+class _RepairTrace:
+    """``--repair-log``: the mesh's and the driver's log lines during the repair phase and
+    one line per read (start, end, meter, outcome), in sim-s from the relays' death: where a
+    slow repair spends its time."""
+
+    def __init__(self, path: Path, t0: float) -> None:
+        self.t0 = t0
+        self.out = path.open("w")
+        trace = self
+
+        class SimTime(logging.Filter):
+            def filter(self, rec: logging.LogRecord) -> bool:
+                try:
+                    rec.sim_s = asyncio.get_running_loop().time() - trace.t0
+                except RuntimeError:
+                    rec.sim_s = float("nan")
+                return True
+        self.handler = logging.StreamHandler(self.out)
+        self.handler.addFilter(SimTime())
+        self.handler.setFormatter(logging.Formatter("%(sim_s)9.2f %(name)s %(message)s"))
+        self.loggers = [logging.getLogger(n) for n in ("mesh", "plc_driver")]
+        for lg in self.loggers:
+            lg.addHandler(self.handler)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False  # (the console keeps its ERROR level)
+
+    def read(self, meter: str, start: float, end: float, out) -> None:
+        self.out.write(f"{start - self.t0:9.2f} READ {meter} until {end - self.t0:.2f} "
+                       f"{'ok' if out.ok else 'FAILED ' + str(out.failure)} "
+                       f"attempts {out.attempts} via {list(out.relays)}\n")
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.removeHandler(self.handler)
+            lg.setLevel(logging.NOTSET)
+            lg.propagate = True
+        self.out.close()
+
+
 def _route_timing() -> dict:
     """Wall time of route computation on a 2,040-node random geometric topology."""
     rng = random.Random(7)
@@ -323,13 +371,17 @@ def main() -> None:
     ap.add_argument("--repair-concurrency", type=int, default=0, metavar="N",
                     help="reads at once after the relays die (default: the module's limit)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the generated districts")
+    ap.add_argument("--repair-log", metavar="FILE",
+                    help="write the repair phase's log and reads (sim-s from the relays' "
+                         "death) to FILE (with one --case)")
     ap.add_argument("--search-log", action="store_true",
                     help="write every formation search (level, proxy, slots, sim-s, answers, "
                          "new) to the JSON")
     args = ap.parse_args()
-    global REPAIR_CONCURRENCY, SEARCH_LOG, SEED
+    global REPAIR_CONCURRENCY, SEARCH_LOG, SEED, REPAIR_LOG
     REPAIR_CONCURRENCY = args.repair_concurrency
     SEED = args.seed
+    REPAIR_LOG = Path(args.repair_log) if args.repair_log else None
     SEARCH_LOG = args.search_log
     tuning = json.loads(args.tuning)  # changes to the medium's defaults
     logging.basicConfig(level=logging.ERROR)
