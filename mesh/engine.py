@@ -1029,6 +1029,7 @@ class Mesh:
         tail = tn.root_tail if proxy == self.root else tn.proxy_tail
         last_t: float | None = None
         loop = asyncio.get_running_loop()
+        missing = set(wanted or ())  # the wanted nodes not heard yet
         async with self._searching(proxy):
             self.stats.searches += 1
             try:
@@ -1109,7 +1110,8 @@ class Mesh:
                             bursts.append(0)
                         bursts[-1] += 1
                         last_t = now
-                        if wanted and wanted <= {self.host_of(a) for a, _q, _r in found}:
+                        missing.discard(self.host_of(report.node))
+                        if wanted and not missing:
                             log.info("mesh: search from %s heard all %d nodes it was for",
                                      proxy, len(wanted))
                             stopped = True
