@@ -94,7 +94,7 @@ from concentrator.config import MeshConfig
 from mesh import persist
 from mesh.guard import MeshGuard, screen_search
 from mesh.links import MEDIA, quality_prior
-from mesh.routes import Route
+from mesh.routes import MAX_RELAY_LEVEL, Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import (
     ExchangeResult,
@@ -1009,6 +1009,11 @@ class Mesh:
         path = self._proxy_path(proxy)
         if path is None:
             log.info("mesh: no route to proxy %s, search skipped", proxy)
+            return []
+        if len(path) > MAX_RELAY_LEVEL:
+            # Its route grew while the search waited (a repair's searches wait for the reads
+            # to pause): what it hears could not be reported within 15 relay levels.
+            log.info("mesh: proxy %s is %d relays out now, search skipped", proxy, len(path))
             return []
         tn = self.tuning
         if minutes is None:

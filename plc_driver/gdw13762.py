@@ -44,6 +44,7 @@ __all__ = [
     "COMM_MODES",
     "PROTOCOLS",
     "DENY_CODES",
+    "MAX_RELAYS",
     "MIN_FRAME_LEN",
     "InfoDown",
     "InfoUp",
@@ -105,6 +106,9 @@ DOWN = 0  # DIR: concentrator -> module
 UP = 1  # DIR: module -> concentrator
 
 MIN_FRAME_LEN = 15  # 68 L L C R*6 AFN DT1 DT2 CS 16, no A field, no data
+
+#: relays a frame's R field can name (its relay level is 4 bits)
+MAX_RELAYS = 15
 
 COMM_MODES: dict[int, str] = {
     1: "centralised-routing narrowband PLC",

@@ -491,6 +491,13 @@ class CarrierModule:
             self._confirm(f)
         elif f.fn == 5:
             path = (*f.relays, f.destination) if f.info.module and f.destination else ()
+            if len(path) > g.MAX_RELAYS:
+                # What the proxy hears would come back over more relays than the 4-bit relay
+                # level of a report can hold.
+                log.warning("module: search from %s, %d relays out, refused", path[-1],
+                            len(path))
+                self._deny(f, 1)
+                return
             self._confirm(f)
             self.start_search(path, unit)
         else:

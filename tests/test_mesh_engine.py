@@ -1862,3 +1862,21 @@ def test_a_relay_that_can_give_a_stronger_primary_is_probed_before_one_heard_mor
         assert topo.primary(n).relays == (w2,)
         await driver.close()
     run(main())
+
+
+def test_no_search_from_a_node_15_relays_out():
+    """What a node 15 relays out hears would come back over 16 relays, more than a 1376.2
+    frame's 4-bit relay level can name: the end of a 16-hop chain is read, never searched
+    from (a repair's proxy whose route grew that long while its search waited is skipped)."""
+    async def main():
+        module, driver, mesh = await make(chain(16))
+        await mesh.discover()
+        end = addr(16)
+        assert len(mesh.topology.primary(end).relays) == 15
+        assert (await mesh.exchange(end, REQ)).ok
+        assert all(path[-1:] != (end,) for path in module.searches)
+        before = len(module.searches)
+        assert await mesh._search_from(end, 17, True) == []
+        assert len(module.searches) == before
+        await driver.close()
+    run(main())

@@ -12,7 +12,7 @@ import pytest
 
 from concentrator import dlt645 as d
 from plc_driver import gdw13762 as g
-from plc_driver.driver import ModuleDriver
+from plc_driver.driver import ModuleDenied, ModuleDriver
 from plc_driver.link import LinkClosed, MemoryLink
 from simulator.channel import Channel
 from simulator.district import SimDistrict
@@ -339,6 +339,25 @@ def test_search_finds_neighbours_then_the_next_hop_via_a_proxy():
             assert r.frame.relays == (proxy,) and r.frame.destination == cco
             assert r.frame.source not in first
         assert reports[-1].unit == g.RouteWorkStatus(2)
+        await driver.close()
+        await district.close()
+
+    run(main())
+
+
+def test_a_search_whose_reports_would_need_16_relays_is_refused():
+    """A proxy 15 relays out: what it hears could not be reported (4-bit relay level)."""
+    sc = generate(60, "feeder", seed=1, events=False)
+
+    async def main():
+        district, driver = await started(sc)
+        nodes = sorted(n.address for n in district.channel.nodes
+                       if n.address != sc.concentrator.address)
+        with pytest.raises(ModuleDenied):
+            await driver.start_search(tuple(nodes[:16]), duration_min=1, slices=8)
+        # ... while one 14 relays out may still search (its finds need 15)
+        await driver.start_search(tuple(nodes[:15]), duration_min=1, slices=8)
+        await driver.stop_search()
         await driver.close()
         await district.close()
 
