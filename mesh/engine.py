@@ -82,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +94,7 @@ from concentrator.clock import Clock
 from concentrator.config import MeshConfig
 from mesh import persist
 from mesh.guard import MeshGuard, screen_search
-from mesh.links import MEDIA, quality_prior
+from mesh.links import MEDIA, PERIOD_HOURS, period_of, quality_prior
 from mesh.routes import MAX_RELAY_LEVEL, Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import (
@@ -349,6 +350,14 @@ class EngineTuning:
     #: keeps the all-day estimates: with them on, 1,000-meter hplc street day-2 first
     #: attempts 99.9 -> 99.6 %, round 261 -> 276 s (bench/read.py)
     worst_period: bool = False
+    #: plan the routes of each period of the day (``links.PERIOD_HOURS``) on the links'
+    #: evidence of that period, re-planned as a period begins: on a feeder the routes
+    #: learned at night fail where pumps run by day, and a day's failures planned into the
+    #: night's routes moved them off the night's best (``Topology.set_plan_period``)
+    period_routes: bool = False
+    #: a link down with no new evidence for this long may be tried again (0: only a success
+    #: or a fresh quality report brings it back; ``Topology.expire_down``)
+    down_hold_s: float = 0.0
     uncertain_std: float = 0.15
     uncertain_probes: int = 2
     probe_timeout: float | None = None
@@ -520,6 +529,9 @@ class Mesh:
         if self.tuning.route_quality_weight is not None:
             topology.set_quality_weight(self.tuning.route_quality_weight)
         topology.set_worst_period(self.tuning.worst_period)
+        self._period_ends = float("-inf")  # when the routes' period of the day ends
+        if self.tuning.period_routes:
+            topology.keep_period_evidence()
         self.db = db
         self.on_event = on_event
         self.stats = _Stats()
@@ -1609,6 +1621,23 @@ class Mesh:
             self._last_read_end = asyncio.get_running_loop().time()
             self._note_reads_idle()
 
+    def _plan_for_now(self) -> None:
+        """With ``period_routes``: the routes of the period of the day now begun."""
+        if not self.tuning.period_routes:
+            return
+        now = self._now()
+        if now < self._period_ends:
+            return
+        period = period_of(now)
+        # Checked again when this period ends (a period is whole hours of the local day).
+        lt = time.localtime(now)
+        self._period_ends = now - (lt.tm_min * 60 + lt.tm_sec) \
+            + 3600 * (PERIOD_HOURS - lt.tm_hour % PERIOD_HOURS)
+        if self.topology.set_plan_period(period):
+            log.info("mesh: routes planned for %02d:00-%02d:00", period * PERIOD_HOURS,
+                     (period + 1) * PERIOD_HOURS)
+            self._flush()
+
     async def _exchange(self, address: str, dlt645_bytes: bytes, *,
                         priority: bool = False) -> ExchangeOutcome:
         """Carry one DL/T 645 request to meter ``address`` (see module docstring).
@@ -1619,6 +1648,7 @@ class Mesh:
         """
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        self._plan_for_now()
         since = self._now()  # a relay seen working after this is not the one that failed
         host = self.host_of(address)
         if host not in self.topology:
@@ -2537,6 +2567,9 @@ class Mesh:
         """Periodic upkeep: ageing, probing uncertain routes, load relief, saving."""
         await self.age()
         self.topology.revive_presumed_dead(self._now(), self.tuning.relay_check_s)
+        if self.tuning.down_hold_s > 0:
+            self.topology.expire_down(self._now(), self.tuning.down_hold_s)
+        self._plan_for_now()
         self._flush()
         await self.probe_uncertain()
         self.topology.rebalance()

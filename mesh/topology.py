@@ -39,7 +39,14 @@ from enum import StrEnum
 import networkx as nx
 
 from concentrator.codec import CodecError, address_to_wire
-from mesh.links import MEDIA, LinkConfig, LinkEstimate, distribute_blame, quality_prior
+from mesh.links import (
+    MEDIA,
+    LinkConfig,
+    LinkEstimate,
+    distribute_blame,
+    period_of,
+    quality_prior,
+)
 from mesh.routes import HopMetric, Route, RouteConfig, RoutePlanner, hop_cost
 
 __all__ = [
@@ -189,6 +196,9 @@ class Topology:
             # the evidence per period of the day is kept only when the routes plan on it
             self.link_cfg = dataclasses.replace(self.link_cfg,
                                                 by_period=self.route_cfg.worst_period)
+        #: period of the day (``links.period_of``) the routes are planned for, on each link's
+        #: evidence of that period (``set_plan_period``); None: the all-day or worst period
+        self.plan_period: int | None = None
         self.graph = nx.DiGraph()
         self.planner = RoutePlanner(self.root, self.route_cfg)
         self.events: list[Event] = []
@@ -472,9 +482,14 @@ class Topology:
             # symmetric); a direction known to be down makes the hop unusable on that medium.
             # With ``worst_period`` the worst period of the day counts (``p_plan``): a
             # primary must stay good at every hour a read may come.
-            plan = "p_plan" if self.route_cfg.worst_period else "p_usable"
-            pf = getattr(fwd if fwd is not None else back, plan)
-            pb = getattr(back if back is not None else fwd, plan)
+            k = self.plan_period
+            if k is not None:
+                pf = (fwd if fwd is not None else back).p_for_period(k)  # type: ignore[union-attr]
+                pb = (back if back is not None else fwd).p_for_period(k)  # type: ignore[union-attr]
+            else:
+                plan = "p_plan" if self.route_cfg.worst_period else "p_usable"
+                pf = getattr(fwd if fwd is not None else back, plan)
+                pb = getattr(back if back is not None else fwd, plan)
             if hop_cost(pf, pb, m, self.route_cfg) is None:
                 continue
             # The route cost is pessimistic (p - k*std) and counts the quality margin.
@@ -702,6 +717,48 @@ class Topology:
         self.planner.cfg = self.route_cfg
         if self.graph.number_of_edges():
             self.full_recompute(retune=False)
+
+    def keep_period_evidence(self) -> None:
+        """Keep each link's evidence per period of the day from now on (``set_plan_period``
+        plans on it)."""
+        if not self.link_cfg.by_period:
+            self.link_cfg = dataclasses.replace(self.link_cfg, by_period=True)
+
+    def set_plan_period(self, period: int | None) -> bool:
+        """Plan the routes for ``period`` of the day on each link's evidence of that period
+        (None: all day, or its worst period with ``worst_period``); the evidence per period
+        is kept from now on. True when the routes were re-planned."""
+        if period == self.plan_period:
+            return False
+        self.plan_period = period
+        if period is not None:
+            self.keep_period_evidence()
+            # Down is the state of an hour (failures in a row): a link that went down in
+            # another period is judged by this period's evidence, not kept out of its routes.
+            for _u, _v, _m, est in self.links():
+                if est.down and est.t_last is not None and period_of(est.t_last) != period:
+                    est.down = False
+                    est.consec_fail = 0.0
+        if self.graph.number_of_edges():
+            self.full_recompute(retune=False)
+        return True
+
+    def expire_down(self, now: float, hold: float) -> int:
+        """Links down with no new evidence for ``hold`` seconds may be tried again: marked down
+        by the failures of a noisy hour, a link good at other hours would otherwise stay out of
+        every route until a search happened to hear it. Their failures still count in the
+        estimate (and fade with it). Returns how many came back."""
+        back = 0
+        for u, v, _m, est in list(self.links()):
+            if est.down and est.t_last is not None and now - est.t_last >= hold:
+                est.down = False
+                est.consec_fail = 0.0
+                back += 1
+                self._update_hop(u, v)
+        if back:
+            log.info("mesh: %d links down for %.0f s with no news may be tried again", back,
+                     hold)
+        return back
 
     def refresh(self, t: float) -> None:
         """Let evidence fade up to ``t`` on every link, then recompute all routes."""

@@ -660,6 +660,49 @@ def test_a_hop_read_all_night_that_fails_at_noon_loses_the_primary_to_an_all_day
     assert topo.primary(N).relays == (B,)
 
 
+def test_routes_planned_per_period_take_the_noon_hop_at_noon_and_the_night_hop_at_night():
+    # The same feeder as above, with routes planned per period of the day: at noon the
+    # route that works at noon, at night the well-trodden night hop again (the noon
+    # failures say nothing of the night).
+    topo = make(3)
+    topo.keep_period_evidence()
+    A, B, N = a(2), a(3), a(4)
+    for hour in (2, 12):
+        for u, v in ((ROOT, A), (ROOT, B)):
+            for x, y in ((u, v), (v, u)):
+                topo.observe(x, y, True, quality=14, t=_at(hour), weight=50)
+    for x, y in ((A, N), (N, A)):
+        topo.observe(x, y, True, quality=13, t=_at(2), weight=300)
+    for x, y in ((B, N), (N, B)):
+        topo.observe(x, y, True, quality=11, t=_at(2), weight=3)
+        topo.observe(x, y, True, t=_at(12), weight=3)
+    for _ in range(4):
+        topo.observe_path((ROOT, A, N), False, t=_at(12))
+    assert topo.set_plan_period(12 // 4)
+    assert topo.primary(N).relays == (B,)
+    assert topo.set_plan_period(2 // 4)
+    assert topo.primary(N).relays == (A,)
+    assert not topo.set_plan_period(0)  # the same period: nothing re-planned
+
+
+def test_a_link_down_with_no_news_for_the_hold_may_be_tried_again_with_its_failures():
+    topo = make(2)
+    A, N = a(2), a(3)
+    _learned(topo, ROOT, A, quality=14, successes=50)
+    for x, y in ((A, N), (N, A)):
+        topo.observe(x, y, True, quality=12, t=_at(2), weight=20)
+    for _ in range(3):  # the noon noise at N: its hop fails both ways
+        topo.observe(A, N, False, t=_at(12))
+        topo.observe(N, A, False, t=_at(12))
+    est = topo.link(A, N)
+    assert est.down and topo.primary(N) is None
+    p_failed = est.p
+    assert topo.expire_down(_at(12) + 1800, hold=3600) == 0  # not yet
+    assert topo.expire_down(_at(13) + 1, hold=3600) >= 1
+    assert not est.down and est.p == p_failed  # usable again, its failures still counted
+    assert topo.primary(N).relays == (A,)
+
+
 def test_a_failure_at_noon_blames_the_hop_that_fails_at_noon_not_the_least_read_one():
     # ROOT-A read 300 times at night, A-N heard once: by the all-day estimates a failure
     # through both lands almost entirely on A-N. At noon A-N has proved itself (read via

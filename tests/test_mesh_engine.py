@@ -1880,3 +1880,37 @@ def test_no_search_from_a_node_15_relays_out():
         assert len(module.searches) == before
         await driver.close()
     run(main())
+
+
+def test_with_period_routes_the_reads_of_a_new_period_go_on_its_routes():
+    # A-N carried the night's reads and fails by day (a pump by N); B-N works all day. With
+    # routes per period of the day, the first read after 08:00 re-plans: on the day's
+    # routes N goes through B, and the next night's read through A again.
+    edges = [(CCO, addr(1)), (CCO, addr(2)), (addr(1), addr(3)), (addr(2), addr(3))]
+    A, B, N = addr(1), addr(2), addr(3)
+
+    async def main():
+        module, driver, mesh = await make(edges, tuning=EngineTuning(
+            cover_quality=16, period_routes=True))
+        await mesh.discover()
+        topo = mesh.topology
+        for x, y in ((A, N), (N, A)):
+            topo.observe(x, y, True, quality=15, t=mesh._now(), weight=300)
+        for x, y in ((B, N), (N, B)):
+            topo.observe(x, y, True, quality=9, t=mesh._now(), weight=3)
+        topo.full_recompute()
+        assert (await mesh.exchange(N, REQ)).relays == (A,)
+        await asyncio.sleep(9 * 3600 - mesh.clock.now().hour * 3600)  # to about 09:00
+        assert 8 <= mesh.clock.now().hour < 12
+        for x, y in ((A, N), (N, A)):
+            topo.observe(x, y, False, t=mesh._now(), weight=4)
+        for x, y in ((B, N), (N, B)):
+            topo.observe(x, y, True, t=mesh._now(), weight=10)
+        assert (await mesh.exchange(N, REQ)).relays == (B,)
+        assert topo.plan_period == 2
+        await asyncio.sleep(24 * 3600 - mesh.clock.now().hour * 3600 + 3600)  # 01:00
+        assert mesh.clock.now().hour < 4
+        assert (await mesh.exchange(N, REQ)).relays == (A,)
+        assert topo.plan_period == 0
+        await driver.close()
+    run(main())
