@@ -351,13 +351,22 @@ class EngineTuning:
     #: attempts 99.9 -> 99.6 %, round 261 -> 276 s (bench/read.py)
     worst_period: bool = False
     #: plan the routes of each period of the day (``links.PERIOD_HOURS``) on the links'
-    #: evidence of that period, re-planned as a period begins: on a feeder the routes
-    #: learned at night fail where pumps run by day, and a day's failures planned into the
-    #: night's routes moved them off the night's best (``Topology.set_plan_period``)
+    #: evidence of that period, re-planned as a period begins (``Topology.set_plan_period``):
+    #: on a feeder the routes learned at night fail where pumps run by day, and the day's
+    #: failures moved the next night's routes off the night's best. Off: with
+    #: ``down_hold_s`` too, 1,000-meter hplc feeder seeds 1/2/3 (bench/mesh_day.py), day
+    #: reads 75.3/85.8/93.1 -> 73.3/91.8/90.4 %, the next night's route quality
+    #: 86.7/87.7/95.3 -> 82.3/86.7/80.6 %, and up to 7x the wall time (its re-plans). The
+    #: routes by day need hops the mesh never heard, not another plan over the known ones
     period_routes: bool = False
-    #: a link down with no new evidence for this long may be tried again (0: only a success
-    #: or a fresh quality report brings it back; ``Topology.expire_down``)
-    down_hold_s: float = 0.0
+    #: a link down with no new evidence for this long may be tried again, its failures still
+    #: counted (0: only a success or a fresh quality report brings it back;
+    #: ``Topology.expire_down``, at each upkeep). Links marked down by a day's noise stayed
+    #: out of the night's routes: 1,000-meter hplc feeder seeds 1/2/3 (bench/mesh_day.py),
+    #: the next night's route quality 79.5/86.6/95.5 -> 86.7/87.7/95.3 % and 311/462/316 ->
+    #: 0 links down; day reads 75.5/89.6/90.9 -> 75.3/85.8/93.1 %; the daily rounds of
+    #: bench/read.py (1,000 and 2,040 hplc) unchanged
+    down_hold_s: float = 3600.0
     uncertain_std: float = 0.15
     uncertain_probes: int = 2
     probe_timeout: float | None = None
