@@ -80,9 +80,10 @@ def _quality(d: SimDistrict, root: str, topo: Topology, found: set[str]) -> floa
     return round(good / max(1, rated), 4)
 
 
-def _next(d: SimDistrict, start_hour: int, hour: int) -> float:
-    """Sim-seconds of the next ``hour`` o'clock from now."""
-    wall = start_hour * 3600 + d.now()
+def _next(d: SimDistrict, day0_s: int, hour: int) -> float:
+    """Sim-seconds of the next ``hour`` o'clock from now (``day0_s``: the scenario's start,
+    seconds into its day)."""
+    wall = day0_s + d.now()
     wait = (hour * 3600 - wall) % 86400
     return d.now() + wait
 
@@ -116,7 +117,7 @@ async def _district(meters: int, layout: str, channel: str, seed: int,
     await mesh.wait_alternates()
     topo = mesh.topology
     found = {n.address for n in topo.nodes() if n.address != root and n.level}
-    start_hour = sc.start.hour
+    day0_s = sc.start.hour * 3600 + sc.start.minute * 60 + sc.start.second
 
     async def upkeep() -> None:
         while True:
@@ -126,7 +127,7 @@ async def _district(meters: int, layout: str, channel: str, seed: int,
     slots = asyncio.Semaphore(max(1, driver.max_concurrent))
     out = []
     for name, hour in PASSES:
-        await asyncio.sleep(_next(d, start_hour, hour) - d.now())
+        await asyncio.sleep(_next(d, day0_s, hour) - d.now())
         reachable = set(d.routes(d.now())) & found
         t0 = d.now()
         ok: set[str] = set()
