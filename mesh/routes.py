@@ -192,6 +192,9 @@ class RoutePlanner:
         #: target -> (version, struct_version, primary path, alternates) of the last search
         self._alt_cache: dict[str, tuple[int, int, tuple[str, ...], list[Route]]] = {}
         self.version = 0
+        #: primary routes built at ``_primary_version`` (see ``primary``)
+        self._primary_cache: dict[str, Route | None] = {}
+        self._primary_version = 0
         #: path searches made (alternates, deep nodes, relief): the planner's costly step
         self.searches = 0
         #: per-hop surcharge (a Lagrange multiplier for the relay limit), tuned by
@@ -265,6 +268,7 @@ class RoutePlanner:
     def put_edge(self, u: str, v: str, metric: HopMetric | None) -> None:
         """Set a hop without updating routes (bulk loading; call ``full_recompute`` after)."""
         self._structural()
+        self._primary_cache.clear()
         self.adj.setdefault(u, {})
         self.adj.setdefault(v, {})
         if metric is None:
@@ -541,6 +545,7 @@ class RoutePlanner:
             if not self._pin_valid(n, pin):
                 log.info("mesh: relief route of %s dropped (no longer within margin)", n)
                 del self.pins[n]
+                self._primary_cache.pop(n, None)  # rebalance() may come here unversioned
             affected.add(n)
         changed = []
         for n in affected:
@@ -608,10 +613,21 @@ class RoutePlanner:
         return Route(self.root, path[-1], tuple(path[1:-1]), tuple(media), p, cost, kind)
 
     def primary(self, n: str) -> Route | None:
+        # The same node's primary is asked for several times between two changes of the plan
+        # (the reader's pacing, the exchange, a repair's candidate relays and their routes):
+        # it is built once per ``version``, which every change of the plan moves on.
+        if self._primary_version != self.version:
+            self._primary_cache.clear()
+            self._primary_version = self.version
+        try:
+            return self._primary_cache[n]
+        except KeyError:
+            pass
         path = self.primary_path(n)
-        if path is None:
-            return None
-        return self.make_route(path, "relief" if n in self.pins else "primary")
+        route = None if path is None else \
+            self.make_route(path, "relief" if n in self.pins else "primary")
+        self._primary_cache[n] = route
+        return route
 
     def routes(self, n: str) -> list[Route]:
         """Primary first, then up to ``cfg.alternates`` alternates sharing few relays.
