@@ -181,7 +181,11 @@ def from_bcd_byte(b: int) -> int:
 
 def bcd_to_int(data: bytes) -> int:
     """Packed BCD, low byte first -> integer."""
-    value = 0
+    digits = data[::-1].hex()
+    if digits.isdigit():
+        # Every nibble decimal (the usual case): the hex text is the number's digits.
+        return int(digits)
+    value = 0  # an empty input, or a non-decimal nibble to report (from the top byte down)
     for b in reversed(data):
         value = value * 100 + from_bcd_byte(b)
     return value
@@ -191,11 +195,8 @@ def int_to_bcd(value: int, nbytes: int) -> bytes:
     """Integer -> packed BCD of ``nbytes`` bytes, low byte first."""
     if value < 0 or value >= 100**nbytes:
         raise EncodeError(f"{value} does not fit {nbytes} BCD bytes")
-    out = bytearray()
-    for _ in range(nbytes):
-        value, r = divmod(value, 100)
-        out.append((r // 10) << 4 | (r % 10))
-    return bytes(out)
+    # The zero-padded decimal digits are the BCD nibbles, high byte first.
+    return bytes.fromhex(f"{value:0{2 * nbytes}d}")[::-1] if nbytes else b""
 
 
 def address_to_wire(address: str) -> bytes:
