@@ -67,6 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HISTORY_LEN = 32
+_NO_LINKS: dict[str, LinkEstimate] = {}  # the links of a pair of nodes never heard (read only)
 
 
 class NodeKind(StrEnum):
@@ -473,9 +474,14 @@ class Topology:
     def hop_metric(self, u: str, v: str) -> HopMetric | None:
         """Best medium and cost for the hop u-v (request u->v, reply v->u), or None."""
         best: HopMetric | None = None
+        # Each direction's links (one per medium) looked up once for all media.
+        fwd_data = self.graph.get_edge_data(u, v)
+        back_data = self.graph.get_edge_data(v, u)
+        fwd_links = _NO_LINKS if fwd_data is None else fwd_data["links"]
+        back_links = _NO_LINKS if back_data is None else back_data["links"]
         for m in MEDIA:
-            fwd = self.link(u, v, m)
-            back = self.link(v, u, m)
+            fwd = fwd_links.get(m)
+            back = back_links.get(m)
             if fwd is None and back is None:
                 continue
             # A direction never observed is assumed as good as the other (links are roughly
@@ -490,8 +496,8 @@ class Topology:
                 plan = "p_plan" if self.route_cfg.worst_period else "p_usable"
                 pf = getattr(fwd if fwd is not None else back, plan)
                 pb = getattr(back if back is not None else fwd, plan)
-            if hop_cost(pf, pb, m, self.route_cfg) is None:
-                continue
+            if pf * pb < self.route_cfg.p_floor:
+                continue  # too unreliable to use at all (``hop_cost`` would say None)
             # The route cost is pessimistic (p - k*std) and counts the quality margin.
             k = self.route_cfg.uncertainty_k
             sf = fwd.std if fwd is not None else back.std  # type: ignore[union-attr]
