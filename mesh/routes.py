@@ -521,13 +521,21 @@ class RoutePlanner:
         can beat its path (``_may_improve``). Any other change re-searches every deep node.
         """
         affected: set[str] = set()
+        touched = set(touched)
         if full:
             affected = set(touched)
         else:
+            # A touched node whose tree parent and last hop's medium are still those of its
+            # published route kept its path (only its distance moved): the nodes below it keep
+            # theirs too unless they were touched themselves. Re-deriving every route below a
+            # hop that got a little cheaper was most of this method's time.
             for n in touched:
                 if n in affected:
                     continue
-                affected |= self._subtree(n) if n in self.dist else {n}
+                if n not in self.dist:
+                    affected.add(n)
+                elif self._tree_path_moved(n):
+                    affected |= self._subtree(n)
         if hop is None:
             stale = set(self.deep)
         else:
@@ -535,7 +543,8 @@ class RoutePlanner:
             stale = set()
             for d in self.deep:
                 dp = self._deep_path.get(d)
-                if d in affected or dp is None or any(h in pair for h in _hops(dp)) \
+                if dp is None or any(h in pair for h in _hops(dp)) \
+                        or self._below_touched(d, touched) \
                         or (cheaper and self._may_improve(d, dp, hop)):
                     stale.add(d)
         for d in stale:
@@ -563,6 +572,34 @@ class RoutePlanner:
                     self.published[n] = new
                 changed.append(n)
         return sorted(changed)
+
+    def _tree_path_moved(self, n: str) -> bool:
+        """Whether ``n``'s tree path may differ from its published route at its last hop
+        (always for a pinned or deep node, whose route is not its tree path)."""
+        if n in self.pins or n in self.deep:
+            return True
+        pub = self.published.get(n)
+        if pub is None:
+            return True
+        relays, media = pub
+        parent = self.parent.get(n)
+        if parent != (relays[-1] if relays else self.root):
+            return True
+        hop = self.adj.get(parent, {}).get(n)
+        return hop is None or hop.medium != media[-1]
+
+    def _below_touched(self, d: str, touched: set[str]) -> bool:
+        """Whether ``d`` or a node above it in the tree was touched."""
+        if d in touched:
+            return True
+        if d not in self.dist:
+            return False
+        p = self.parent.get(d)
+        while p is not None:
+            if p in touched:
+                return True
+            p = self.parent.get(p)
+        return False
 
     def _may_improve(self, d: str, path: tuple[str, ...], hop: tuple[str, str]) -> bool:
         """Whether a path to deep node ``d`` through ``hop`` could beat ``path`` (in the
