@@ -441,15 +441,34 @@ class RoutePlanner:
                     self._relax(w, s, h.cost, heap, touched)
 
     def _run(self, heap: list, touched: set[str]) -> None:
+        # ``_relax`` and ``_set_parent`` written out in the loop (the same steps in the same
+        # order): the calls were most of the time of re-settling a subtree after a link update.
         done: set[str] = set()
+        dist, parent, children, adj = self.dist, self.parent, self.children, self.adj
+        root, relay_ok, surcharge = self.root, self.relay_ok, self.hop_surcharge
+        push, pop = heapq.heappush, heapq.heappop
         while heap:
-            d, u = heapq.heappop(heap)
-            if self.dist.get(u) != d or u in done:
+            d, u = pop(heap)
+            if dist.get(u) != d or u in done:
                 continue
             done.add(u)
-            if self._expandable(u):
-                for v, h in self.adj[u].items():
-                    self._relax(u, v, h.cost, heap, touched)
+            if u != root and u not in relay_ok:
+                continue  # not expandable: a leaf of the tree
+            for v, h in adj[u].items():
+                if v == root:
+                    continue
+                nd = dist[u] + h.cost + surcharge
+                cur = dist.get(v)
+                old = parent.get(v)
+                if cur is None or nd < cur or (nd == cur and u < (old or "")):
+                    if old != u or cur != nd:
+                        touched.add(v)
+                    dist[v] = nd
+                    if old is not None:
+                        children.get(old, set()).discard(v)
+                    parent[v] = u
+                    children.setdefault(u, set()).add(v)
+                    push(heap, (nd, v))
 
     def hop_floor(self) -> dict[str, int]:
         """Fewest hops from the root to every node through relays (BFS, cached until an
