@@ -45,6 +45,7 @@ __all__ = ["RouteConfig", "Route", "HopMetric", "RoutePlanner", "hop_cost"]
 log = logging.getLogger(__name__)
 
 MAX_RELAY_LEVEL = 15  # 4-bit relay level in the 1376.2 R field
+_NO_HOPS: dict[str, HopMetric] = {}  # the hops of a node the planner does not know (read only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +193,9 @@ class RoutePlanner:
         #: target -> (version, struct_version, primary path, alternates) of the last search
         self._alt_cache: dict[str, tuple[int, int, tuple[str, ...], list[Route]]] = {}
         self.version = 0
-        #: primary routes built at ``_primary_version`` (see ``primary``)
-        self._primary_cache: dict[str, Route | None] = {}
-        self._primary_version = 0
+        #: node -> (version last checked, its primary Route, the hop metrics it was priced
+        #: with); see ``primary``
+        self._primary_cache: dict[str, tuple[int, Route | None, tuple[HopMetric, ...]]] = {}
         #: path searches made (alternates, deep nodes, relief): the planner's costly step
         self.searches = 0
         #: per-hop surcharge (a Lagrange multiplier for the relay limit), tuned by
@@ -298,6 +299,7 @@ class RoutePlanner:
         self.children.pop(n, None)
         self.pins.pop(n, None)
         self.published.pop(n, None)
+        self._primary_cache.pop(n, None)
         self.deep.discard(n)
         self._deep_path.pop(n, None)
         self._alt_cache.pop(n, None)
@@ -669,20 +671,32 @@ class RoutePlanner:
         return Route(self.root, path[-1], tuple(path[1:-1]), tuple(media), p, cost, kind)
 
     def primary(self, n: str) -> Route | None:
-        # The same node's primary is asked for several times between two changes of the plan
-        # (the reader's pacing, the exchange, a repair's candidate relays and their routes):
-        # it is built once per ``version``, which every change of the plan moves on.
-        if self._primary_version != self.version:
-            self._primary_cache.clear()
-            self._primary_version = self.version
-        try:
-            return self._primary_cache[n]
-        except KeyError:
-            pass
+        # The same node's primary is asked for many times (the reader's pacing, the exchange, a
+        # repair's candidate relays and their routes): a Route is reused while the planner's
+        # version has not moved, or its path and kind are the same and every hop still has the
+        # metric it was priced with (a changed hop always gets a new ``HopMetric``).
+        hit = self._primary_cache.get(n)
+        if hit is not None and hit[0] == self.version:
+            return hit[1]
         path = self.primary_path(n)
-        route = None if path is None else \
-            self.make_route(path, "relief" if n in self.pins else "primary")
-        self._primary_cache[n] = route
+        if path is None:
+            self._primary_cache[n] = (self.version, None, ())
+            return None
+        kind = "relief" if n in self.pins else "primary"
+        adj = self.adj
+        if hit is not None and hit[1] is not None and hit[1].kind == kind \
+                and hit[1].target == n and hit[1].relays == path[1:-1]:
+            metrics = hit[2]
+            for i, metric in enumerate(metrics):
+                if adj.get(path[i], _NO_HOPS).get(path[i + 1]) is not metric:
+                    break
+            else:
+                self._primary_cache[n] = (self.version, hit[1], metrics)
+                return hit[1]
+        route = self.make_route(path, kind)
+        metrics = () if route is None else \
+            tuple(adj[path[i]][path[i + 1]] for i in range(len(path) - 1))
+        self._primary_cache[n] = (self.version, route, metrics)
         return route
 
     def routes(self, n: str) -> list[Route]:
