@@ -103,11 +103,15 @@ class StreamDecoder(Generic[F]):
         self._buf.clear()
 
     def _next_start(self, frm: int) -> int:
+        # The first start byte at ``frm`` or after, found by ``bytearray.find`` per start byte
+        # (a partly received frame is rescanned for a later start on every chunk).
         buf = self._buf
-        for i in range(frm, len(buf)):
-            if buf[i] in self._starts:
-                return i
-        return -1
+        found = -1
+        for start in self._starts:
+            i = buf.find(start, frm)
+            if i >= 0 and (found < 0 or i < found):
+                found = i
+        return found
 
     def feed(self, data: bytes) -> list[F | Rejected]:
         """Add bytes; return the frames (and rejections) completed by them, in order."""
