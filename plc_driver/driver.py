@@ -612,8 +612,9 @@ class ModuleDriver:
             except DataUnitError as exc:
                 log.warning("read %s: bad 13 F1 reply: %s", address, exc)
             else:
-                log.debug("read %s via %s: %d bytes in %.2f s", address, _path(relays),
-                          len(unit.frame), elapsed)
+                if log.isEnabledFor(logging.DEBUG):  # the path text is built only when logged
+                    log.debug("read %s via %s: %d bytes in %.2f s", address, _path(relays),
+                              len(unit.frame), elapsed)
                 return ExchangeResult(address, relays, frame.seq, elapsed, reply=unit.frame,
                                       duration_s=unit.duration_s, **q)
         else:
