@@ -306,6 +306,15 @@ class Topology:
         data = self.graph.get_edge_data(src, dst)
         return None if data is None else data["links"].get(medium)
 
+    def _links_both_ways(self, u: str, v: str) -> tuple[dict[str, LinkEstimate],
+                                                        dict[str, LinkEstimate]]:
+        """The links u->v and v->u by medium (empty when never heard), one edge lookup each
+        for every medium: route pricing and candidate ranking ask for both media."""
+        fwd = self.graph.get_edge_data(u, v)
+        back = self.graph.get_edge_data(v, u)
+        return (_NO_LINKS if fwd is None else fwd["links"],
+                _NO_LINKS if back is None else back["links"])
+
     def links(self) -> Iterable[tuple[str, str, str, LinkEstimate]]:
         for u, v, d in self.graph.edges(data=True):
             for m, est in d["links"].items():
@@ -474,11 +483,7 @@ class Topology:
     def hop_metric(self, u: str, v: str) -> HopMetric | None:
         """Best medium and cost for the hop u-v (request u->v, reply v->u), or None."""
         best: HopMetric | None = None
-        # Each direction's links (one per medium) looked up once for all media.
-        fwd_data = self.graph.get_edge_data(u, v)
-        back_data = self.graph.get_edge_data(v, u)
-        fwd_links = _NO_LINKS if fwd_data is None else fwd_data["links"]
-        back_links = _NO_LINKS if back_data is None else back_data["links"]
+        fwd_links, back_links = self._links_both_ways(u, v)
         for m in MEDIA:
             fwd = fwd_links.get(m)
             back = back_links.get(m)
@@ -531,8 +536,9 @@ class Topology:
         """Signal quality last reported for the hop u-v: its weaker direction, on the medium
         heard best (None: no quality was ever reported for it)."""
         best: int | None = None
+        fwd_links, back_links = self._links_both_ways(u, v)
         for m in MEDIA:
-            qs = [est.quality for est in (self.link(u, v, m), self.link(v, u, m))
+            qs = [est.quality for est in (fwd_links.get(m), back_links.get(m))
                   if est is not None and est.quality is not None]
             if qs and (best is None or min(qs) > best):
                 best = min(qs)
