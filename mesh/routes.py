@@ -494,10 +494,13 @@ class RoutePlanner:
     def spt_path(self, n: str) -> tuple[str, ...] | None:
         if n not in self.dist:
             return None
+        parent, root = self.parent, self.root
         path = [n]
-        while path[-1] != self.root:
-            path.append(self.parent[path[-1]])  # type: ignore[arg-type]
-        return tuple(reversed(path))
+        while n != root:
+            n = parent[n]  # type: ignore[assignment]
+            path.append(n)
+        path.reverse()
+        return tuple(path)
 
     # --- primaries, their changes, pins -------------------------------------------------------
 
