@@ -107,7 +107,7 @@ class LinkEstimate:
     """Beta posterior of one directed link's delivery probability (mutable, owned by a Topology)."""
 
     __slots__ = ("prior_mean", "prior_weight", "succ", "fail", "t_last", "down", "consec_fail",
-                 "quality", "periods")
+                 "quality", "periods", "standby")
 
     def __init__(
         self,
@@ -120,6 +120,7 @@ class LinkEstimate:
         consec_fail: float = 0.0,
         quality: int | None = None,
         periods: Sequence[Sequence[float]] | None = None,
+        standby: bool = False,
     ) -> None:
         # Keep the prior strictly inside (0, 1) so ln(p) is always finite.
         self.prior_mean = min(0.999, max(0.001, prior_mean))
@@ -130,6 +131,9 @@ class LinkEstimate:
         self.down = down
         self.consec_fail = consec_fail
         self.quality = quality
+        #: only heard in a survey's search, no outcome of ours yet (``Topology.hear``): the
+        #: route planner charges it ``RouteConfig.standby_cost``; the first outcome clears it
+        self.standby = standby
         #: [successes, failures] per period of the day (see module docstring); None until
         #: the first outcome recorded with ``LinkConfig.by_period``
         self.periods: list[list[float]] | None = None
@@ -242,6 +246,7 @@ class LinkEstimate:
         quality: int | None = None,
     ) -> bool:
         """Add one (possibly fractional) outcome; return True when ``down`` changed."""
+        self.standby = False
         self.decay(t, cfg.half_life, cfg.period_half_life)
         was_down = self.down
         if quality is not None:
@@ -290,6 +295,7 @@ class LinkEstimate:
             "quality": self.quality,
             "periods": None if self.periods is None else
             [[round(s, 4), round(f, 4)] for s, f in self.periods],
+            "standby": self.standby,
         }
 
     def __repr__(self) -> str:

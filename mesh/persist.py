@@ -61,11 +61,14 @@ def _ensure_tables(db: sqlite_utils.Database) -> None:
         db[LINKS].create({
             "src": str, "dst": str, "medium": str, "prior_mean": float, "prior_weight": float,
             "succ": float, "fail": float, "t_last": float, "down": int, "consec_fail": float,
-            "quality": int, "periods": str,
+            "quality": int, "periods": str, "standby": int,
         }, pk=("src", "dst", "medium"))
-    elif "periods" not in db[LINKS].columns_dict:
-        # A store saved before the by-time-of-day evidence: the column comes with this save.
-        db[LINKS].add_column("periods", str)
+    else:
+        # A store saved before the by-time-of-day evidence or the survey: the columns come
+        # with this save.
+        for column, kind in (("periods", str), ("standby", int)):
+            if column not in db[LINKS].columns_dict:
+                db[LINKS].add_column(column, kind)
     if not db[REPAIRS].exists():
         db[REPAIRS].create({"address": str, "replaced_by": str, "replaced_at": float,
                             "fruitless": int, "no_repair_before": float}, pk="address")
@@ -84,7 +87,7 @@ _COLUMNS = {
     NODES: ("address", "is_root", "kind", "status", "protocol", "phase", "level", "first_seen",
             "last_seen", "successes", "failures", "history", "sub_meters"),
     LINKS: ("src", "dst", "medium", "prior_mean", "prior_weight", "succ", "fail", "t_last",
-            "down", "consec_fail", "quality", "periods"),
+            "down", "consec_fail", "quality", "periods", "standby"),
     ROUTES: ("address", "rank", "kind", "relays", "media", "p", "cost"),
 }
 
@@ -102,7 +105,7 @@ def _rows(topology: Topology, alternates: bool) -> SavedRows:
             [[round(a, 4), round(b, 4)] for a, b in est.periods]
         links[(u, v, m)] = (
             est.prior_mean, est.prior_weight, est.succ, est.fail, est.t_last, int(est.down),
-            est.consec_fail, est.quality, json.dumps(periods))
+            est.consec_fail, est.quality, json.dumps(periods), int(est.standby))
     routes = {}
     for n in topology.nodes():
         if n.address == topology.root:
@@ -207,7 +210,7 @@ def load(
             periods = []
         est = LinkEstimate(r["prior_mean"], r["prior_weight"], r["succ"], r["fail"],
                            r["t_last"], bool(r["down"]), r["consec_fail"], r["quality"],
-                           periods)
+                           periods, bool(r.get("standby") or 0))
         if not topo.graph.has_edge(r["src"], r["dst"]):
             topo.graph.add_edge(r["src"], r["dst"], links={})
         topo.graph.edges[r["src"], r["dst"]]["links"][r["medium"]] = est

@@ -399,6 +399,29 @@ class Topology:
             self._seen(dst, t)
         self._update_hop(src, dst)
 
+    def hear(self, src: str, dst: str, quality: int | None, medium: str = "plc",
+             t: float | None = None) -> None:
+        """``dst`` answered a search from ``src`` at ``quality`` (a survey): a new hop starts
+        from the quality's prior with no outcome, and stands by (``RouteConfig.standby_cost``)
+        until an exchange of ours crosses it; a hop already known takes it as a success."""
+        if self.link(src, dst, medium) is not None:
+            self.observe(src, dst, True, quality, medium, t)
+            return
+        src, dst = check_address(src), check_address(dst)
+        t = self._tick(t)
+        self._ensure_node(src, t)
+        self._ensure_node(dst, t)
+        if quality is not None and not 0 <= int(quality) <= 15:
+            log.warning("mesh: link %s->%s quality %s out of 0..15, ignored", src, dst, quality)
+            quality = None
+        est = self._estimate(src, dst, medium, quality)
+        if quality is not None:
+            est.note_quality(quality, self.link_cfg)
+        est.standby = True
+        self._seen(src, t)
+        self._seen(dst, t)
+        self._update_hop(src, dst)
+
     def mark_down(self, src: str, dst: str, medium: str | None = None,
                   both_directions: bool = True) -> None:
         """Declare a link dead (e.g. the module reported the node gone) until evidence returns."""
@@ -516,6 +539,8 @@ class Topology:
                             self.route_cfg, qp)
             if cost is None:
                 continue
+            if (fwd is None or fwd.standby) and (back is None or back.standby):
+                cost += self.route_cfg.standby_cost  # only heard in a survey (``hear``)
             if best is None or cost < best.cost:
                 best = HopMetric(cost, m, pf, pb)
         return best

@@ -765,3 +765,34 @@ def test_nodes_heard_alike_by_their_common_neighbours_are_the_least_unlike():
     assert sorted((w, v, u), key=gap.get) == [w, u, v]
     assert topo.heard_quality(w, c2) == 13
     assert topo.heard_quality(t, x) is None
+
+
+def test_a_hop_only_heard_in_a_survey_stands_by_until_an_exchange_crosses_it():
+    # The direct hop carries the reads at quality 7; the survey hears a detour through a(2)
+    # at quality 15 both ways. Standing by, the detour does not take the primary (a working
+    # route is not moved for a hop no frame of ours has crossed), but it is the alternate.
+    topo = make(2)
+    _learned(topo, ROOT, a(3), quality=7, successes=200)
+    for x, y in ((ROOT, a(2)), (a(2), ROOT), (a(2), a(3)), (a(3), a(2))):
+        topo.hear(x, y, quality=15, t=2.0)
+    assert topo.link(a(2), a(3)).standby
+    assert topo.primary(a(3)).relays == ()
+    assert (a(2),) in [r.relays for r in topo.routes(a(3))]
+    # Without the charge the strong detour wins (the quality margin): the charge is what holds.
+    free = make(2, standby_cost=0.0)
+    _learned(free, ROOT, a(3), quality=7, successes=200)
+    for x, y in ((ROOT, a(2)), (a(2), ROOT), (a(2), a(3)), (a(3), a(2))):
+        free.hear(x, y, quality=15, t=2.0)
+    assert free.primary(a(3)).relays == (a(2),)
+    # Saved and restored, the hops still stand by.
+    db = sqlite_utils.Database(memory=True)
+    save(db, topo)
+    back = load(db)
+    assert back.link(a(2), a(3)).standby and not back.link(ROOT, a(3)).standby
+    assert back.primary(a(3)).relays == ()
+    # The direct hop breaks: the read over the detour succeeds, and its hops no longer stand by.
+    for x, y in ((ROOT, a(3)), (a(3), ROOT)):
+        topo.observe(x, y, False, t=3.0, weight=50)
+    assert topo.primary(a(3)).relays == (a(2),)
+    topo.observe_path((ROOT, a(2), a(3)), True, t=4.0)
+    assert not topo.link(a(2), a(3)).standby and not topo.link(a(3), a(2)).standby

@@ -300,8 +300,11 @@ def test_a_dead_relay_is_found_once_and_every_route_through_it_moves():
         module.dead.add(first)
         out = await mesh.exchange(through[0], REQ)
         assert out.ok and out.relays != (first,)
-        # The relay itself was read and stayed silent: no route uses it any more, so the
-        # other meters it relayed are read on their first attempt.
+        # The relay itself was read and stayed silent (the check goes on beside the read):
+        # no route uses it any more, so the other meters it relayed are read on their first
+        # attempt.
+        await mesh.wait_repairs()
+        assert first in mesh.topology.presumed_dead
         assert all(first not in mesh.topology.primary(m).relays for m in meters)
         for m in through[1:]:
             out = await mesh.exchange(m, REQ)
@@ -1912,5 +1915,78 @@ def test_with_period_routes_the_reads_of_a_new_period_go_on_its_routes():
         assert mesh.clock.now().hour < 4
         assert (await mesh.exchange(N, REQ)).relays == (A,)
         assert topo.plan_period == 0
+        await driver.close()
+    run(main())
+
+
+@pytest.mark.parametrize("survey", [False, True])
+def test_a_survey_learns_the_hop_between_relays_that_formation_never_heard(survey):
+    # N is found from A (A is searched first) and registered, so B's search never hears it.
+    # By day the hop A-N breaks: after the survey (searches from the relays A and B with
+    # their neighbours out of the module's archive) the mesh knows B-N and the read goes
+    # round at once; without it, N's every known route fails first. (No probing for alternates:
+    # in a district this small it would try every relay.)
+    A, B, N, M = addr(1), addr(2), addr(3), addr(4)
+    edges = [(CCO, A), (CCO, B), (A, N), (B, N), (B, M)]
+
+    async def main():
+        module, driver, mesh = await make(edges, tuning=EngineTuning(
+            cover_quality=16, survey=survey, probes_per_node=0, uncertain_probes=0))
+        await mesh.discover()
+        await mesh.wait_alternates()
+        topo = mesh.topology
+        assert topo.primary(N).relays == (A,)
+        assert topo.primary(M).relays == (B,)
+        assert topo.graph.has_edge(B, N) is survey
+        assert ((B,) in [r.relays for r in topo.routes(N)]) is survey
+        # Every node is back in the module's archive after the survey.
+        assert set(module.archive) == {A, B, N, M}
+        module.cut(A, N)
+        out = await mesh.exchange(N, REQ)
+        assert out.ok and out.relays == (B,)
+        # After the survey B was N's alternate before the hop broke: the read's second
+        # attempt. Without it B was nowhere in N's routes: the recovery had to find it.
+        assert (out.attempts == 2 and out.latency_s < 2.0) is survey
+        await mesh.wait_repairs()
+        await driver.close()
+    run(main())
+
+
+def test_the_upkeep_surveys_again_after_a_week_and_a_restart_does_not():
+    A, B, N, M = addr(1), addr(2), addr(3), addr(4)
+    edges = [(CCO, A), (CCO, B), (A, N), (B, M)]
+    tuning = EngineTuning(cover_quality=16, probes_per_node=0, uncertain_probes=0,
+                          survey_every_s=7 * 86400)
+
+    async def main():
+        db = sqlite_utils.Database(memory=True)
+        module, driver, mesh = await make(edges, tuning=tuning, db=db)
+        await mesh.discover()
+        await mesh.wait_alternates()
+        relays_searched = [p for p in module.searches if p in ((A,), (B,))]
+        assert len(relays_searched) == 4  # formation's two, the survey's two
+        mesh.save()
+        async def read_all():  # (a week's reads: a node silent that long is aged out)
+            for x in (N, M):
+                assert (await mesh.exchange(x, REQ)).ok
+        await asyncio.sleep(6 * 86400)
+        await read_all()
+        await mesh.maintain()
+        assert mesh._survey_task is None
+        # A meter added since (a new house) is heard by the survey's search from B.
+        module.adj[addr(5)] = set()
+        module.connect(B, addr(5))
+        await asyncio.sleep(86400)
+        await read_all()
+        await mesh.maintain()
+        assert await mesh._survey_task == 2
+        assert addr(5) in mesh.topology and mesh.topology.primary(addr(5)).relays == (B,)
+        assert set(module.archive) == {A, B, N, M, addr(5)}
+        await driver.close()
+        # Restored from the store, the mesh counts the restart as its last survey.
+        module, driver, mesh = await make(edges, tuning=tuning, db=db, topo="restore")
+        mesh.tuning = tuning
+        await mesh.maintain()
+        assert mesh._survey_task is None
         await driver.close()
     run(main())
