@@ -2727,7 +2727,8 @@ class Mesh:
         self._flush()
         now = self._now()
         tn = self.tuning
-        if (tn.survey and tn.survey_every_s and self._last_survey is not None
+        if (tn.survey and tn.survey_every_s and self.config.probing
+                and self._last_survey is not None
                 and now - self._last_survey >= tn.survey_every_s
                 and (self._survey_task is None or self._survey_task.done())
                 and (self._gap_task is None or self._gap_task.done())):
