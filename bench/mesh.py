@@ -40,7 +40,6 @@ from mesh.engine import EngineTuning, Mesh, NodeFound  # noqa: E402
 from mesh.links import LinkEstimate, quality_prior  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 from plc_driver.driver import ModuleDriver  # noqa: E402
-from simulator.channel import REF_FRAME_BYTES  # noqa: E402
 from simulator.district import SimDistrict  # noqa: E402
 from simulator.generate import generate  # noqa: E402
 from simulator.module import COMM_MODE  # noqa: E402
@@ -54,7 +53,8 @@ SEARCH_LOG = False  # --search-log: every formation search in the JSON (level, p
 REPAIR_LOG: Path | None = None  # --repair-log: the repair phase's log and reads, sim-timed
 
 
-def _request(sc, address: str) -> bytes:
+def energy_request(sc, address: str) -> bytes:
+    """A read of ``address``'s total forward active energy, in its meter's protocol."""
     if sc.meter(address).protocol == "dlt645-1997":
         return dlt645.encode(dlt645.read_request_1997(address, 0x9010))
     return dlt645.encode(dlt645.read_request(address, 0x00010000))
@@ -75,8 +75,8 @@ def _route_quality(d: SimDistrict, sc, topo: Topology, found: set[str],
         primary = topo.primary(a)
         if primary is None:
             continue  # no route at all now (a repair under way): not a good one
-        ours = _true_p(d, primary.path, t)
-        theirs = _true_p(d, (sc.concentrator.address, *best[a], a), t)
+        ours = d.route_p(primary.path, t)
+        theirs = d.route_p((sc.concentrator.address, *best[a], a), t)
         good += ours >= theirs - 0.02
     return round(good / max(1, rated), 4)
 
@@ -96,13 +96,6 @@ def _at_hour(sc, t: float, hour: int) -> float:
     wall = _day0(sc) + t
     at = wall - ((wall - hour * 3600 - 1800) % 86400) - _day0(sc)
     return at if at >= 0 else at + 86400
-
-
-def _true_p(d: SimDistrict, path: tuple[str, ...], t: float) -> float:
-    p = 1.0
-    for a, b in zip(path, path[1:], strict=False):
-        p *= d.channel.p_success(a, b, REF_FRAME_BYTES, t) * d.channel.p_success(b, a, REF_FRAME_BYTES, t)
-    return p
 
 
 def _profile(mesh: Mesh) -> list[dict]:
@@ -193,7 +186,7 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
 
     async def read_before(a: str) -> None:
         async with slots:
-            await mesh.exchange(a, _request(sc, a))
+            await mesh.exchange(a, energy_request(sc, a))
     await asyncio.gather(*(read_before(a) for a in affected))
     baseline_s = loop.time() - t_base
     await asyncio.sleep(max(0.0, t_repair - d.now()))
@@ -216,7 +209,7 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
         nonlocal lost_first
         async with slots:
             t_read = loop.time()
-            out = await mesh.exchange(a, _request(sc, a))
+            out = await mesh.exchange(a, energy_request(sc, a))
         if trace is not None:
             trace.read(a, t_read, loop.time(), out)
         if out.ok:
@@ -243,7 +236,7 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
     sample = sorted(found - dead)[:100]
     first_ok = 0
     for a in sample:
-        first_ok += (await again.exchange(a, _request(sc, a))).ok
+        first_ok += (await again.exchange(a, energy_request(sc, a))).ok
     searches_after = again.stats.searches
     await driver2.close()
     await d.close()

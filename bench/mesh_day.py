@@ -41,11 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlite_utils  # noqa: E402
 
-from concentrator import dlt645  # noqa: E402
+from bench.mesh import energy_request  # noqa: E402
 from mesh.engine import EngineTuning, Mesh  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 from plc_driver.driver import ModuleDriver  # noqa: E402
-from simulator.channel import REF_FRAME_BYTES  # noqa: E402
 from simulator.district import SimDistrict  # noqa: E402
 from simulator.generate import generate  # noqa: E402
 from simulator.module import COMM_MODE  # noqa: E402
@@ -55,14 +54,6 @@ HERE = Path(__file__).resolve().parent
 CASES = ("1000:feeder:hplc", "200:feeder:hplc", "1000:street:hplc", "200:feeder:npl")
 PASSES = (("night 1", 2), ("day", 9), ("night 2", 2))
 UPKEEP_S = 3600.0  # the daemon's mesh upkeep period (concentrator.daemon.MAINTAIN_PERIOD_S)
-
-
-def _true_p(d: SimDistrict, path: tuple[str, ...], t: float) -> float:
-    p = 1.0
-    for a, b in zip(path, path[1:], strict=False):
-        p *= d.channel.p_success(a, b, REF_FRAME_BYTES, t) * \
-            d.channel.p_success(b, a, REF_FRAME_BYTES, t)
-    return p
 
 
 def _quality(d: SimDistrict, root: str, topo: Topology, found: set[str]) -> float:
@@ -76,7 +67,7 @@ def _quality(d: SimDistrict, root: str, topo: Topology, found: set[str]) -> floa
         rated += 1
         primary = topo.primary(a)
         if primary is not None:
-            good += _true_p(d, primary.path, t) >= _true_p(d, (root, *best[a], a), t) - 0.02
+            good += d.route_p(primary.path, t) >= d.route_p((root, *best[a], a), t) - 0.02
     return round(good / max(1, rated), 4)
 
 
@@ -86,12 +77,6 @@ def _next(d: SimDistrict, day0_s: int, hour: int) -> float:
     wall = day0_s + d.now()
     wait = (hour * 3600 - wall) % 86400
     return d.now() + wait
-
-
-def _request(sc, meter: str) -> bytes:
-    if sc.meter(meter).protocol == "dlt645-1997":
-        return dlt645.encode(dlt645.read_request_1997(meter, 0x9010))
-    return dlt645.encode(dlt645.read_request(meter, 0x00010000))
 
 
 async def _read(mesh: Mesh, slots: asyncio.Semaphore, request: bytes, meter: str,
@@ -133,7 +118,7 @@ async def _district(meters: int, layout: str, channel: str, seed: int,
         ok: set[str] = set()
         why: collections.Counter[str] = collections.Counter()
 
-        await asyncio.gather(*(_read(mesh, slots, _request(sc, a), a, ok, why)
+        await asyncio.gather(*(_read(mesh, slots, energy_request(sc, a), a, ok, why)
                                for a in sorted(found)))
         await mesh.wait_repairs()
         out.append({

@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from plc_driver.link import ByteLink, LinkClosed, MemoryLink
-from simulator.channel import Channel
+from simulator.channel import REF_FRAME_BYTES, Channel
 from simulator.meterdata import MeterData
 from simulator.meters import MeterBank, serve_meter
 from simulator.module import CarrierModule
@@ -288,6 +288,16 @@ class SimDistrict:
     def routes(self, at: float | None = None) -> dict[str, tuple[str, ...]]:
         """Best relay list to every reachable node/meter (see :func:`best_routes`)."""
         return best_routes(self.channel, self.now() if at is None else at)
+
+    def route_p(self, path: tuple[str, ...], at: float | None = None) -> float:
+        """The truth's probability that a request and its reply both cross ``path`` (CCO,
+        relays..., node): a reference frame each way over every hop, no retries."""
+        t = self.now() if at is None else at
+        p = 1.0
+        for a, b in zip(path, path[1:], strict=False):
+            p *= self.channel.p_success(a, b, REF_FRAME_BYTES, t) * \
+                self.channel.p_success(b, a, REF_FRAME_BYTES, t)
+        return p
 
     # --- faults -----------------------------------------------------------------------------
     def inject(self, *, drop: float = 0.0, corrupt: float = 0.0, split: int = 0,
