@@ -358,17 +358,30 @@ class ModuleDriver:
             raise self._closed
         seq = self._alloc_seq()
         frame = build(seq)
-        fut: asyncio.Future[g.Frame13762] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[g.Frame13762] = loop.create_future()
         self._pending[seq] = _Pending(fut, frame.afn, target)
+        timer: asyncio.TimerHandle | None = None
+        expired: list[bool] = []
         try:
             self._send(frame)
-            async with asyncio.timeout(timeout):
-                return await fut
+            # One timer on the answer's future instead of an ``asyncio.timeout`` per request
+            # (its context object, rescheduling and task cancellation were a few % of the
+            # daemon's CPU in a reading round). The same outcome: the deadline counts from
+            # after sending, and an answer that came in the loop step the deadline passed,
+            # before this task resumed, is a timeout as it was with ``asyncio.timeout``.
+            timer = loop.call_at(loop.time() + timeout, _expire, fut, expired)
+            reply = await fut
+            if expired:
+                raise TimeoutError
+            return reply
         except TimeoutError:
             raise ModuleTimeout(
                 f"AFN{frame.afn:02X} F{frame.fn} seq {seq}: no answer in {timeout:g} s"
             ) from None
         finally:
+            if timer is not None:
+                timer.cancel()
             del self._pending[seq]
 
     async def _command(
@@ -621,6 +634,13 @@ class ModuleDriver:
             log.warning("read %s: answered with AFN%02X F%d", address, frame.afn, frame.fn)
         return ExchangeResult(address, relays, frame.seq, elapsed,
                               failure=ReadFailure.BAD_REPLY, **q)
+
+
+def _expire(fut: asyncio.Future[Any], expired: list[bool]) -> None:
+    """A request's deadline passed: its waiter gets ``TimeoutError`` (``_transact``)."""
+    expired.append(True)
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def _deny_code(frame: g.Frame13762) -> int:
