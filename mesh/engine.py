@@ -1493,30 +1493,41 @@ class Mesh:
         current = {r for route in topo.routes(address) for r in route.relays}
         primary = topo.primary(address) if self.tuning.rank_stronger_first else None
         out = []
+        # The loop's invariants and lookups taken out of it (the two-hop ring of a street
+        # node is hundreds of nodes; a repair or the probing for alternates ranks them all)
+        root = self.root
+        too_deep = self.config.max_relay_depth + 1
+        medium = self.tuning.search_medium
+        relay_primary = topo.planner.primary
+        cheapest_hop = self._cheapest_hop()
         for w in ring:
-            if w in (address, self.root) or w in current or w not in topo:
+            if w == address or w == root or w in current:
                 continue
-            wn = topo.node(w)
-            if wn.status is not NodeStatus.APPROVED or wn.level is None:
+            wn = topo.find_node(w)
+            if wn is None or wn.status is not NodeStatus.APPROVED or wn.level is None:
                 continue
-            if wn.level > level or wn.level >= self.config.max_relay_depth + 1:
+            if wn.level > level or wn.level >= too_deep:
                 continue
-            est = topo.link(w, address, self.tuning.search_medium)
+            est = topo.link(w, address, medium)
             down = est is not None and est.down
             if down and not include_down:
                 continue
-            route = topo.primary(w)
+            route = relay_primary(w)
             if route is None or address in route.relays:
                 continue
-            dear = primary is not None and self._cannot_beat(route, primary)
+            # _cannot_beat, inline
+            dear = primary is not None and route.cost + cheapest_hop >= primary.cost
             out.append((down, dear, ring[w], abs(wn.level - (level - 1)), -route.p, w))
         return [w for *_k, w in sorted(out)]
+
+    def _cheapest_hop(self) -> float:
+        """The cheapest a hop can cost (its airtime on the fastest medium): ``_cannot_beat``."""
+        return min(self.topology.route_cfg.hop_time.values(), default=0.0)
 
     def _cannot_beat(self, relay_route: Route, primary: Route) -> bool:
         """A relay whose own route plus the cheapest hop already costs as much as the node's
         primary cannot give it a stronger one (hop costs are positive and add up)."""
-        hop = min(self.topology.route_cfg.hop_time.values(), default=0.0)
-        return relay_route.cost + hop >= primary.cost
+        return relay_route.cost + self._cheapest_hop() >= primary.cost
 
     def _ring(self, address: str) -> set[str]:
         """Nodes within two known hops of ``address``."""

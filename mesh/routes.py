@@ -685,8 +685,17 @@ class RoutePlanner:
         # version has not moved, or its path and kind are the same and every hop still has the
         # metric it was priced with (a changed hop always gets a new ``HopMetric``).
         hit = self._primary_cache.get(n)
-        if hit is not None and hit[0] == self.version:
-            return hit[1]
+        if hit is not None:
+            if hit[0] == self.version:
+                return hit[1]
+            route = hit[1]
+            if route is not None and route.kind == "primary" and n not in self.pins \
+                    and n not in self.deep and self._tree_holds(n, route.relays, hit[2]):
+                # What the path search below would conclude, without building the path: an
+                # unpinned node that is not deep has its tree path for primary (repair ranking
+                # asks for the primary of every node around a node: most of its time)
+                self._primary_cache[n] = (self.version, route, hit[2])
+                return route
         path = self.primary_path(n)
         if path is None:
             self._primary_cache[n] = (self.version, None, ())
@@ -707,6 +716,23 @@ class RoutePlanner:
             tuple(adj[path[i]][path[i + 1]] for i in range(len(path) - 1))
         self._primary_cache[n] = (self.version, route, metrics)
         return route
+
+    def _tree_holds(self, n: str, relays: tuple[str, ...],
+                    metrics: tuple[HopMetric, ...]) -> bool:
+        """Whether ``n``'s tree path is root, ``relays``, n and each of its hops still has the
+        metric object in ``metrics`` (a changed hop always gets a new ``HopMetric``)."""
+        if n not in self.dist or len(metrics) != len(relays) + 1:
+            return False
+        parent, adj = self.parent, self.adj
+        cur = n
+        for i in range(len(relays), -1, -1):
+            up = parent.get(cur)
+            if up != (relays[i - 1] if i else self.root):
+                return False
+            if adj[up].get(cur) is not metrics[i]:
+                return False
+            cur = up
+        return True
 
     def routes(self, n: str) -> list[Route]:
         """Primary first, then up to ``cfg.alternates`` alternates sharing few relays.

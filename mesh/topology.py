@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_LEN = 32
 _NO_LINKS: dict[str, LinkEstimate] = {}  # the links of a pair of nodes never heard (read only)
+_NO_EDGES: dict[str, dict] = {}  # the edges of a node not in the graph (read only)
 
 
 class NodeKind(StrEnum):
@@ -201,6 +202,12 @@ class Topology:
         #: evidence of that period (``set_plan_period``); None: the all-day or worst period
         self.plan_period: int | None = None
         self.graph = nx.DiGraph()
+        # networkx's own node and adjacency dicts (its documented data structure for
+        # subclasses), read directly on the hot paths: the view objects and methods around
+        # them cost more than the lookups
+        self._node_data: dict[str, dict] = self.graph._node
+        self._succ: dict[str, dict[str, dict]] = self.graph._succ
+        self._pred: dict[str, dict[str, dict]] = self.graph._pred
         self.planner = RoutePlanner(self.root, self.route_cfg)
         self.events: list[Event] = []
         self.now: float | None = None
@@ -214,11 +221,16 @@ class Topology:
     # --- nodes -------------------------------------------------------------------------------
 
     def __contains__(self, address: str) -> bool:
-        return address in self.graph
+        return address in self._node_data
 
     def node(self, address: str) -> Node:
         """The node record; KeyError for an unknown address."""
-        return self.graph.nodes[address]["node"]
+        return self._node_data[address]["node"]
+
+    def find_node(self, address: str) -> Node | None:
+        """The node record, None for an unknown address."""
+        data = self._node_data.get(address)
+        return None if data is None else data["node"]
 
     def nodes(self) -> list[Node]:
         return [d["node"] for _, d in self.graph.nodes(data=True)]
@@ -303,15 +315,15 @@ class Topology:
     # --- links ---------------------------------------------------------------------------------
 
     def link(self, src: str, dst: str, medium: str = "plc") -> LinkEstimate | None:
-        data = self.graph.get_edge_data(src, dst)
+        data = self._succ.get(src, _NO_EDGES).get(dst)
         return None if data is None else data["links"].get(medium)
 
     def _links_both_ways(self, u: str, v: str) -> tuple[dict[str, LinkEstimate],
                                                         dict[str, LinkEstimate]]:
         """The links u->v and v->u by medium (empty when never heard), one edge lookup each
         for every medium: route pricing and candidate ranking ask for both media."""
-        fwd = self.graph.get_edge_data(u, v)
-        back = self.graph.get_edge_data(v, u)
+        fwd = self._succ.get(u, _NO_EDGES).get(v)
+        back = self._succ.get(v, _NO_EDGES).get(u)
         return (_NO_LINKS if fwd is None else fwd["links"],
                 _NO_LINKS if back is None else back["links"])
 
@@ -560,14 +572,7 @@ class Topology:
     def heard_quality(self, u: str, v: str) -> int | None:
         """Signal quality last reported for the hop u-v: its weaker direction, on the medium
         heard best (None: no quality was ever reported for it)."""
-        best: int | None = None
-        fwd_links, back_links = self._links_both_ways(u, v)
-        for m in MEDIA:
-            qs = [est.quality for est in (fwd_links.get(m), back_links.get(m))
-                  if est is not None and est.quality is not None]
-            if qs and (best is None or min(qs) > best):
-                best = min(qs)
-        return best
+        return _heard_quality(*self._links_both_ways(u, v))
 
     def unlikeness(self, address: str, prior: float = 6.0) -> dict[str, float]:
         """How differently each node two hops from ``address`` is heard from their common
@@ -579,18 +584,24 @@ class Topology:
         apart are heard alike by every third node, and hear each other well: a hop never
         probed between nodes heard alike is the likeliest strong one (issue 4: the truth's
         best routes ran through hops the concentrator had never heard)."""
-        graph = self.graph
-        if address not in graph:
+        succ, pred = self._succ, self._pred
+        if address not in succ:
             return {}
-        near = set(graph.successors(address)) | set(graph.predecessors(address))
+        near = set(succ[address]) | set(pred[address])
         gap: dict[str, float] = {}
         common: dict[str, int] = {}
         for c in near:
             qc = self.heard_quality(address, c)
-            for w in set(graph.successors(c)) | set(graph.predecessors(c)):
+            into_c, from_c = pred[c], succ[c]  # edge data w->c and c->w by w
+            for w in set(from_c) | set(into_c):
                 if w == address:
                     continue
-                q = None if qc is None else self.heard_quality(w, c)
+                q = None
+                if qc is not None:
+                    # heard_quality(w, c), its two edges looked up in c's own dicts
+                    fwd, back = into_c.get(w), from_c.get(w)
+                    q = _heard_quality(_NO_LINKS if fwd is None else fwd["links"],
+                                       _NO_LINKS if back is None else back["links"])
                 if q is None:
                     gap.setdefault(w, 0.0)
                     common.setdefault(w, 0)
@@ -952,3 +963,17 @@ class Topology:
                 "pinned_routes": len(self.planner.pins),
             },
         }
+
+
+def _heard_quality(fwd_links: dict[str, LinkEstimate],
+                   back_links: dict[str, LinkEstimate]) -> int | None:
+    """``Topology.heard_quality`` of a hop given its links both ways by medium."""
+    best: int | None = None
+    for m in MEDIA:
+        fwd, back = fwd_links.get(m), back_links.get(m)
+        qf = None if fwd is None else fwd.quality
+        qb = None if back is None else back.quality
+        q = qb if qf is None else qf if qb is None or qf <= qb else qb
+        if q is not None and (best is None or q > best):
+            best = q
+    return best
