@@ -99,8 +99,17 @@ def quality_prior(quality: int | None, unknown: float = 0.5) -> float:
     """
     if quality is None:
         return unknown
-    q = min(15, max(0, int(quality)))
+    p = _QUALITY_PRIOR.get(quality)  # the 16 qualities 1376.2 can report, worked out once
+    if p is not None:
+        return p
+    return _quality_curve(min(15, max(0, int(quality))))
+
+
+def _quality_curve(q: int) -> float:
     return 0.02 + 0.96 / (1.0 + math.exp(-(q - 6) / 1.5))
+
+
+_QUALITY_PRIOR: dict[int, float] = {q: _quality_curve(q) for q in range(16)}
 
 
 class LinkEstimate:
@@ -212,6 +221,14 @@ class LinkEstimate:
         a, b = self.alpha, self.beta
         n = a + b
         return math.sqrt(a * b / (n * n * (n + 1.0)))
+
+    def usable_p_std(self) -> tuple[float, float]:
+        """(``p_usable``, ``std``) in one call, the same values (the route pricing's pair)."""
+        pw, pm = self.prior_weight, self.prior_mean
+        a = pm * pw + self.succ
+        b = (1.0 - pm) * pw + self.fail
+        n = a + b
+        return (0.0 if self.down else a / n), math.sqrt(a * b / (n * n * (n + 1.0)))
 
     @property
     def evidence(self) -> float:

@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 HISTORY_LEN = 32
 _NO_LINKS: dict[str, LinkEstimate] = {}  # the links of a pair of nodes never heard (read only)
 _NO_EDGES: dict[str, dict] = {}  # the edges of a node not in the graph (read only)
+_NO_HOPS: dict[str, HopMetric] = {}  # the planner's hops of a node it does not know (read only)
 
 
 class NodeKind(StrEnum):
@@ -333,10 +334,10 @@ class Topology:
                 yield u, v, m, est
 
     def _estimate(self, src: str, dst: str, medium: str, quality: int | None) -> LinkEstimate:
-        data = self.graph.get_edge_data(src, dst)
+        data = self._succ.get(src, _NO_EDGES).get(dst)
         if data is None:
             self.graph.add_edge(src, dst, links={})
-            data = self.graph.get_edge_data(src, dst)
+            data = self._succ[src][dst]
         est = data["links"].get(medium)
         if est is None:
             prior = quality_prior(quality, self.link_cfg.unknown_prior)
@@ -350,7 +351,7 @@ class Topology:
         return est
 
     def _ensure_node(self, address: str, t: float | None) -> None:
-        if address not in self.graph:
+        if address not in self._node_data:
             log.info("mesh: node %s heard before it was added; added as discovered", address)
             self.add_node(address, t=t)
 
@@ -360,9 +361,10 @@ class Topology:
         return t if t is not None else self.now
 
     def _seen(self, address: str, t: float | None) -> None:
-        if t is None or address not in self.graph:
+        data = self._node_data.get(address)
+        if t is None or data is None:
             return
-        node = self.node(address)
+        node = data["node"]
         if node.first_seen is None:
             node.first_seen = t
         if node.last_seen is None or t > node.last_seen:
@@ -529,19 +531,25 @@ class Topology:
             # With ``worst_period`` the worst period of the day counts (``p_plan``): a
             # primary must stay good at every hour a read may come.
             k = self.plan_period
+            sf = sb = None
             if k is not None:
                 pf = (fwd if fwd is not None else back).p_for_period(k)  # type: ignore[union-attr]
                 pb = (back if back is not None else fwd).p_for_period(k)  # type: ignore[union-attr]
+            elif self.route_cfg.worst_period:
+                pf = (fwd if fwd is not None else back).p_plan  # type: ignore[union-attr]
+                pb = (back if back is not None else fwd).p_plan  # type: ignore[union-attr]
             else:
-                plan = "p_plan" if self.route_cfg.worst_period else "p_usable"
-                pf = getattr(fwd if fwd is not None else back, plan)
-                pb = getattr(back if back is not None else fwd, plan)
+                # p_usable and std of each direction in one call (every exchange prices the
+                # hops of its path: the properties' calls were most of this method's time)
+                pf, sf = (fwd if fwd is not None else back).usable_p_std()  # type: ignore[union-attr]
+                pb, sb = (back if back is not None else fwd).usable_p_std()  # type: ignore[union-attr]
             if pf * pb < self.route_cfg.p_floor:
                 continue  # too unreliable to use at all (``hop_cost`` would say None)
             # The route cost is pessimistic (p - k*std) and counts the quality margin.
             k = self.route_cfg.uncertainty_k
-            sf = fwd.std if fwd is not None else back.std  # type: ignore[union-attr]
-            sb = back.std if back is not None else fwd.std  # type: ignore[union-attr]
+            if sf is None:
+                sf = fwd.std if fwd is not None else back.std  # type: ignore[union-attr]
+                sb = back.std if back is not None else fwd.std  # type: ignore[union-attr]
             qf = fwd.quality if fwd is not None and fwd.quality is not None else (
                 back.quality if back is not None else None)
             qb = back.quality if back is not None and back.quality is not None else qf
@@ -558,10 +566,10 @@ class Topology:
         return best
 
     def _update_hop(self, u: str, v: str) -> None:
-        if u not in self.graph or v not in self.graph:
+        if u not in self._node_data or v not in self._node_data:
             return
         metric = self.hop_metric(u, v)
-        old = self.planner.adj.get(u, {}).get(v)
+        old = self.planner.adj.get(u, _NO_HOPS).get(v)
         if metric == old:
             return
         if (metric is not None and old is not None and metric.medium == old.medium
@@ -661,8 +669,10 @@ class Topology:
         if len(nodes) < 2 or nodes[0] != self.root:
             raise ValueError(f"path must start at the concentrator {self.root}: {nodes}")
         t = self._tick(t)
+        node_data = self._node_data
         for a in nodes:
-            self._ensure_node(a, t)
+            if a not in node_data:
+                self._ensure_node(a, t)
         n = len(nodes) - 1
         if media is None:
             media = []
@@ -709,10 +719,12 @@ class Topology:
         if ok:
             for a in nodes:
                 self._seen(a, t)
-        log.debug("mesh: exchange with %s via %s %s", nodes[-1], nodes[1:-1],
-                  "ok" if ok else "failed")
+        if log.isEnabledFor(logging.DEBUG):  # the relays' list is built only when logged
+            log.debug("mesh: exchange with %s via %s %s", nodes[-1], nodes[1:-1],
+                      "ok" if ok else "failed")
+        update_hop = self._update_hop
         for i in range(n):
-            self._update_hop(nodes[i], nodes[i + 1])
+            update_hop(nodes[i], nodes[i + 1])
 
     # --- routes ----------------------------------------------------------------------------------
 
