@@ -1488,11 +1488,9 @@ class Mesh:
         topo = self.topology
         node = topo.node(address)
         level = node.level or 1
-        ring = topo.unlikeness(address) if self.tuning.rank_alike else \
-            dict.fromkeys(self._ring(address), 0.0)
         current = {r for route in topo.routes(address) for r in route.relays}
         primary = topo.primary(address) if self.tuning.rank_stronger_first else None
-        out = []
+        kept = []
         # The loop's invariants and lookups taken out of it (the two-hop ring of a street
         # node is hundreds of nodes; a repair or the probing for alternates ranks them all)
         root = self.root
@@ -1500,7 +1498,7 @@ class Mesh:
         medium = self.tuning.search_medium
         relay_primary = topo.planner.primary
         cheapest_hop = self._cheapest_hop()
-        for w in ring:
+        for w in self._ring(address):
             if w == address or w == root or w in current:
                 continue
             wn = topo.find_node(w)
@@ -1517,7 +1515,12 @@ class Mesh:
                 continue
             # _cannot_beat, inline
             dear = primary is not None and route.cost + cheapest_hop >= primary.cost
-            out.append((down, dear, ring[w], abs(wn.level - (level - 1)), -route.p, w))
+            kept.append((down, dear, abs(wn.level - (level - 1)), -route.p, w))
+        # How alike the kept relays are heard is worked out for them alone (the score of a
+        # node does not depend on which others are scored); the order is the sort's.
+        alike = topo.unlikeness(address, among={k[-1] for k in kept}) \
+            if self.tuning.rank_alike else {}
+        out = [(down, dear, alike.get(w, 0.0), lv, p, w) for down, dear, lv, p, w in kept]
         return [w for *_k, w in sorted(out)]
 
     def _cheapest_hop(self) -> float:
@@ -1531,13 +1534,7 @@ class Mesh:
 
     def _ring(self, address: str) -> set[str]:
         """Nodes within two known hops of ``address``."""
-        graph = self.topology.graph
-        near = set(graph.successors(address)) | set(graph.predecessors(address))
-        ring = set(near)
-        for w in near:
-            ring.update(graph.successors(w))
-            ring.update(graph.predecessors(w))
-        return ring
+        return self.topology.two_hop_ring(address)
 
     def _weak_primary(self, address: str) -> bool:
         """True when a hop of the primary route was heard below ``weak_quality`` either way:

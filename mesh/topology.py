@@ -582,7 +582,8 @@ class Topology:
         heard best (None: no quality was ever reported for it)."""
         return _heard_quality(*self._links_both_ways(u, v))
 
-    def unlikeness(self, address: str, prior: float = 6.0) -> dict[str, float]:
+    def unlikeness(self, address: str, prior: float = 6.0,
+                   among: set[str] | None = None) -> dict[str, float]:
         """How differently each node two hops from ``address`` is heard from their common
         neighbours: the mean gap between the signal qualities the module reported for c-w
         and c-``address``, over every common neighbour c with both reported, ``prior``
@@ -591,7 +592,10 @@ class Topology:
         The signal is lost along the cable, so two nodes at the same pole or a few spans
         apart are heard alike by every third node, and hear each other well: a hop never
         probed between nodes heard alike is the likeliest strong one (issue 4: the truth's
-        best routes ran through hops the concentrator had never heard)."""
+        best routes ran through hops the concentrator had never heard).
+
+        ``among``: only these nodes are scored (the same score each; a repair ranks only the
+        relays it may use, a fraction of the ring)."""
         succ, pred = self._succ, self._pred
         if address not in succ:
             return {}
@@ -601,7 +605,10 @@ class Topology:
         for c in near:
             qc = self.heard_quality(address, c)
             into_c, from_c = pred[c], succ[c]  # edge data w->c and c->w by w
-            for w in set(from_c) | set(into_c):
+            ws = set(from_c) | set(into_c)
+            if among is not None:
+                ws &= among
+            for w in ws:
                 if w == address:
                     continue
                 q = None
@@ -617,9 +624,21 @@ class Topology:
                 gap[w] = gap.get(w, 0.0) + abs(q - qc)
                 common[w] = common.get(w, 0) + 1
         for w in near:
-            gap.setdefault(w, 0.0)
-            common.setdefault(w, 0)
+            if among is None or w in among:
+                gap.setdefault(w, 0.0)
+                common.setdefault(w, 0)
         return {w: (g + prior) / (common[w] + 1) for w, g in gap.items()}
+
+    def two_hop_ring(self, address: str) -> set[str]:
+        """Nodes with a link to or from ``address`` or to or from one of those (``address``
+        itself among them when it has a neighbour): the nodes ``unlikeness`` scores."""
+        succ, pred = self._succ, self._pred
+        near = set(succ[address]) | set(pred[address])
+        ring = set(near)
+        for w in near:
+            ring.update(succ[w])
+            ring.update(pred[w])
+        return ring
 
     def neighbours(self, address: str) -> list[Neighbour]:
         """Every node with a link to or from ``address``, best two-way probability first."""
