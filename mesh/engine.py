@@ -1041,7 +1041,13 @@ class Mesh:
         tn = self.tuning
         if not tn.slots_window or not self._answers:
             return tn.proxy_slices
-        want = sum(self._answers) / len(self._answers) * tn.slots_per_answer
+        return self._slots_for(sum(self._answers) / len(self._answers))
+
+    def _slots_for(self, answers: float) -> int:
+        """Answer slots for a search expecting about ``answers`` answers: a power of two times
+        ``proxy_slices``, up to ``answers * slots_per_answer`` (and ``max_slices``)."""
+        tn = self.tuning
+        want = answers * tn.slots_per_answer
         slots = tn.proxy_slices
         while slots * 2 <= want and slots * 2 <= tn.max_slices:
             slots *= 2
@@ -2412,12 +2418,7 @@ class Mesh:
         reported. Each search waits for a pause in the reads (``survey_idle_s``)."""
         topo = self.topology
         if proxies is None:
-            relays: set[str] = set()
-            for n in topo.nodes():
-                route = topo.primary(n.address) if n.address != self.root else None
-                if route is not None:
-                    relays.update(route.relays)
-            proxies = sorted(relays, key=lambda a: (topo.node(a).level or 99, a))
+            proxies = sorted(topo.loads(), key=lambda a: (topo.node(a).level or 99, a))
         searches = learned = 0
         for proxy in proxies:
             if proxy not in topo or topo.primary(proxy) is None:
@@ -2435,10 +2436,7 @@ class Mesh:
                 continue
             before = topo.graph.number_of_edges()
             level = (topo.node(proxy).level or 0) + 1
-            slots = self.tuning.proxy_slices
-            while slots * 2 <= len(ring) * self.tuning.slots_per_answer \
-                    and slots * 2 <= self.tuning.max_slices:
-                slots *= 2
+            slots = self._slots_for(len(ring))
             try:
                 await self._search_from(proxy, level, not self.archive, slices=slots,
                                         survey=True)
@@ -2460,7 +2458,9 @@ class Mesh:
 
         Nearest by signal: a hop costs 16 - its reported quality (1 at the best; 12 when
         never reported), so the nodes a proxy's strong hops lead to come before a weak hop's,
-        and the CCO's many weak hops to the far end of the district come last."""
+        and the CCO's many weak hops to the far end of the district come last. (``_around``,
+        the repair's neighbourhood, never crosses the CCO: a level-1 relay's ring would miss
+        the siblings that only the CCO's hops link it to.)"""
         topo = self.topology
         graph = topo.graph
         path = set(self._proxy_path(proxy) or ())

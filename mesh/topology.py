@@ -374,13 +374,18 @@ class Topology:
             # may use it again at once, not only after ``revive_presumed_dead``'s hold.
             log.info("mesh: node %s presumed dead is heard again", address)
 
+    @staticmethod
+    def _checked_quality(src: str, dst: str, quality: int | None) -> int | None:
+        if quality is not None and not 0 <= int(quality) <= 15:
+            log.warning("mesh: link %s->%s quality %s out of 0..15, ignored", src, dst, quality)
+            return None
+        return quality
+
     def _learn(self, src: str, dst: str, medium: str, ok: bool, t: float | None,
                weight: float, quality: int | None) -> None:
         if medium not in MEDIA:
             raise ValueError(f"unknown medium {medium!r} (expected one of {MEDIA})")
-        if quality is not None and not 0 <= int(quality) <= 15:
-            log.warning("mesh: link %s->%s quality %s out of 0..15, ignored", src, dst, quality)
-            quality = None
+        quality = self._checked_quality(src, dst, quality)
         est = self._estimate(src, dst, medium, quality)
         if est.observe(ok, t, self.link_cfg, weight, quality):
             ev = LinkDown(src, dst, medium) if est.down else LinkUp(src, dst, medium)
@@ -425,9 +430,7 @@ class Topology:
         t = self._tick(t)
         self._ensure_node(src, t)
         self._ensure_node(dst, t)
-        if quality is not None and not 0 <= int(quality) <= 15:
-            log.warning("mesh: link %s->%s quality %s out of 0..15, ignored", src, dst, quality)
-            quality = None
+        quality = self._checked_quality(src, dst, quality)
         est = self._estimate(src, dst, medium, quality)
         if quality is not None:
             est.note_quality(quality, self.link_cfg)
