@@ -2448,7 +2448,8 @@ class Mesh:
             searches += 1
             learned += topo.graph.number_of_edges() - before
         self._last_survey = self._now()
-        log.info("mesh: survey: %d searches from relays, %d new hops heard", searches, learned)
+        log.info("mesh: survey: %d searches from relays, %d new directed links heard", searches,
+                 learned)
         return searches
 
     def _survey_ring(self, proxy: str) -> list[str]:

@@ -47,7 +47,7 @@ from mesh.links import (
     period_of,
     quality_prior,
 )
-from mesh.routes import HopMetric, Route, RouteConfig, RoutePlanner, hop_cost
+from mesh.routes import _NO_HOPS, HopMetric, Route, RouteConfig, RoutePlanner, hop_cost
 
 __all__ = [
     "NodeKind",
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 HISTORY_LEN = 32
 _NO_LINKS: dict[str, LinkEstimate] = {}  # the links of a pair of nodes never heard (read only)
 _NO_EDGES: dict[str, dict] = {}  # the edges of a node not in the graph (read only)
-_NO_HOPS: dict[str, HopMetric] = {}  # the planner's hops of a node it does not know (read only)
 
 
 class NodeKind(StrEnum):
