@@ -87,7 +87,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +98,7 @@ from concentrator.clock import Clock
 from concentrator.config import MeshConfig
 from mesh import persist
 from mesh.guard import MeshGuard, screen_search
-from mesh.links import MEDIA, PERIOD_HOURS, period_of, quality_prior
+from mesh.links import MEDIA, quality_prior
 from mesh.routes import MAX_RELAY_LEVEL, Route
 from mesh.topology import NodeKind, NodeStatus, Topology
 from plc_driver.driver import (
@@ -227,6 +226,24 @@ class ExchangeOutcome:
     @property
     def latency(self) -> float:
         return self.latency_s
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    """Done-callback of the mesh's background tasks: nobody awaits their result, so a bug
+    there would otherwise end the probing or a repair without a word (``wait_*`` gather with
+    ``return_exceptions``)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, LinkClosed):
+        log.error("mesh: background task %s failed: %r", task.get_name(), exc,
+                  exc_info=exc)
+
+
+def _crosses(route: Route, hops: frozenset[tuple[str, str]]) -> bool:
+    """True when ``route`` has one of ``hops`` (pairs of addresses, either order given)."""
+    path = route.path
+    return any((path[i], path[i + 1]) in hops for i in range(len(path) - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,15 +395,6 @@ class EngineTuning:
     #: keeps the all-day estimates: with them on, 1,000-meter hplc street day-2 first
     #: attempts 99.9 -> 99.6 %, round 261 -> 276 s (bench/read.py)
     worst_period: bool = False
-    #: plan the routes of each period of the day (``links.PERIOD_HOURS``) on the links'
-    #: evidence of that period, re-planned as a period begins (``Topology.set_plan_period``):
-    #: on a feeder the routes learned at night fail where pumps run by day, and the day's
-    #: failures moved the next night's routes off the night's best. Off: with
-    #: ``down_hold_s`` too, 1,000-meter hplc feeder seeds 1/2/3 (bench/mesh_day.py), day
-    #: reads 75.3/85.8/93.1 -> 73.3/91.8/90.4 %, the next night's route quality
-    #: 86.7/87.7/95.3 -> 82.3/86.7/80.6 %, and up to 7x the wall time (its re-plans). The
-    #: routes by day need hops the mesh never heard, not another plan over the known ones
-    period_routes: bool = False
     #: a link down with no new evidence for this long may be tried again, its failures still
     #: counted (0: only a success or a fresh quality report brings it back;
     #: ``Topology.expire_down``, at each upkeep). Links marked down by a day's noise stayed
@@ -567,9 +575,6 @@ class Mesh:
         if self.tuning.route_quality_weight is not None:
             topology.set_quality_weight(self.tuning.route_quality_weight)
         topology.set_worst_period(self.tuning.worst_period)
-        self._period_ends = float("-inf")  # when the routes' period of the day ends
-        if self.tuning.period_routes:
-            topology.keep_period_evidence()
         self.db = db
         self.on_event = on_event
         self.stats = _Stats()
@@ -1426,6 +1431,7 @@ class Mesh:
                                            key=lambda n: (n.level or 99, n.address))]
         self._gap_task = asyncio.get_running_loop().create_task(
             self._probe_in_gaps(nodes), name="mesh-alternates")
+        self._gap_task.add_done_callback(_log_crash)
 
     async def _probe_in_gaps(self, nodes: list[str]) -> None:
         """``probe_phases`` in the background: at most half the module's read slots (the
@@ -1496,6 +1502,7 @@ class Mesh:
         level = node.level or 1
         current = {r for route in topo.routes(address) for r in route.relays}
         primary = topo.primary(address) if self.tuning.rank_stronger_first else None
+        weak = self._weak_hops(primary) if primary is not None else frozenset()
         kept = []
         # The loop's invariants and lookups taken out of it (the two-hop ring of a street
         # node is hundreds of nodes; a repair or the probing for alternates ranks them all)
@@ -1519,8 +1526,10 @@ class Mesh:
             route = relay_primary(w)
             if route is None or address in route.relays:
                 continue
-            # _cannot_beat, inline
-            dear = primary is not None and route.cost + cheapest_hop >= primary.cost
+            # _cannot_beat, inline; a relay behind the same marginal hop as the primary cannot
+            # beat it either, however cheap its own route looks
+            dear = primary is not None and (route.cost + cheapest_hop >= primary.cost
+                                            or (bool(weak) and _crosses(route, weak)))
             kept.append((down, dear, abs(wn.level - (level - 1)), -route.p, w))
         # How alike the kept relays are heard is worked out for them alone (the score of a
         # node does not depend on which others are scored); the order is the sort's.
@@ -1535,8 +1544,28 @@ class Mesh:
 
     def _cannot_beat(self, relay_route: Route, primary: Route) -> bool:
         """A relay whose own route plus the cheapest hop already costs as much as the node's
-        primary cannot give it a stronger one (hop costs are positive and add up)."""
-        return relay_route.cost + self._cheapest_hop() >= primary.cost
+        primary cannot give it a stronger one (hop costs are positive and add up), nor can one
+        whose route crosses a marginal hop of the primary (``_weak_hops``)."""
+        if relay_route.cost + self._cheapest_hop() >= primary.cost:
+            return True
+        weak = self._weak_hops(primary)
+        return bool(weak) and _crosses(relay_route, weak)
+
+    def _weak_hops(self, route: Route) -> frozenset[tuple[str, str]]:
+        """The hops of ``route`` heard below ``weak_quality`` either way (both orders of
+        each). A weak primary's siblings behind the same marginal hop are heard most alike
+        and look cheap, but the probe for them repeats the margin the node needs to leave
+        (2,040-meter hplc feeder, seed 1: 212 meters behind one quality 7/6 first hop had its
+        siblings as their first 6 candidates and never tried the strong relays beside it)."""
+        weak = []
+        for a, b, m in route.hops():
+            for x, y in ((a, b), (b, a)):
+                est = self.topology.link(x, y, m)
+                if est is not None and est.quality is not None \
+                        and est.quality < self.tuning.weak_quality:
+                    weak += [(a, b), (b, a)]
+                    break
+        return frozenset(weak)
 
     def _ring(self, address: str) -> set[str]:
         """Nodes within two known hops of ``address``."""
@@ -1697,23 +1726,6 @@ class Mesh:
             self._last_read_end = asyncio.get_running_loop().time()
             self._note_reads_idle()
 
-    def _plan_for_now(self) -> None:
-        """With ``period_routes``: the routes of the period of the day now begun."""
-        if not self.tuning.period_routes:
-            return
-        now = self._now()
-        if now < self._period_ends:
-            return
-        period = period_of(now)
-        # Checked again when this period ends (a period is whole hours of the local day).
-        lt = time.localtime(now)
-        self._period_ends = now - (lt.tm_min * 60 + lt.tm_sec) \
-            + 3600 * (PERIOD_HOURS - lt.tm_hour % PERIOD_HOURS)
-        if self.topology.set_plan_period(period):
-            log.info("mesh: routes planned for %02d:00-%02d:00", period * PERIOD_HOURS,
-                     (period + 1) * PERIOD_HOURS)
-            self._flush()
-
     async def _exchange(self, address: str, dlt645_bytes: bytes, *,
                         priority: bool = False) -> ExchangeOutcome:
         """Carry one DL/T 645 request to meter ``address`` (see module docstring).
@@ -1724,7 +1736,6 @@ class Mesh:
         """
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        self._plan_for_now()
         since = self._now()  # a relay seen working after this is not the one that failed
         host = self.host_of(address)
         if host not in self.topology:
@@ -2117,6 +2128,7 @@ class Mesh:
             return None
         task = asyncio.get_running_loop().create_task(self._repair_bg(host, probes),
                                                       name=f"mesh-repair-{host}")
+        task.add_done_callback(_log_crash)
         self._repairs[host] = task
         return task
 
@@ -2128,6 +2140,7 @@ class Mesh:
             return
         task = asyncio.get_running_loop().create_task(
             self._repair_group_bg(relay, group, siblings), name=f"mesh-repair-group-{relay}")
+        task.add_done_callback(_log_crash)
         for a in group:
             self._repairs[a] = task
 
@@ -2182,6 +2195,7 @@ class Mesh:
                 log.info("mesh: relay check of %s stopped, the module link closed",
                          " > ".join(failed.relays))
         task = asyncio.get_running_loop().create_task(check(), name="mesh-relay-check")
+        task.add_done_callback(_log_crash)
         self._bg_checks.add(task)
         task.add_done_callback(self._bg_checks.discard)
 
@@ -2729,7 +2743,6 @@ class Mesh:
         self.topology.revive_presumed_dead(self._now(), self.tuning.relay_check_s)
         if self.tuning.down_hold_s > 0:
             self.topology.expire_down(self._now(), self.tuning.down_hold_s)
-        self._plan_for_now()
         self._flush()
         await self.probe_uncertain()
         self.topology.rebalance()
@@ -2744,6 +2757,7 @@ class Mesh:
             log.info("mesh: last survey %.0f h ago: surveying again", (now - self._last_survey) / 3600)
             self._survey_task = asyncio.get_running_loop().create_task(
                 self._survey_bg(), name="mesh-survey")
+            self._survey_task.add_done_callback(_log_crash)
         if self._last_save is None or now - self._last_save >= self.tuning.save_period:
             self.save()
 

@@ -201,15 +201,6 @@ class LinkEstimate:
                 worst = min(worst, self._period_p(k))
         return worst
 
-    def p_for_period(self, k: int) -> float:
-        """What the planner counts on for period ``k`` of the day (``period_routes``): that
-        period's posterior where it has evidence, else the all-day one; 0 while down."""
-        if self.down:
-            return 0.0
-        if self.periods is not None and sum(self.periods[k]) >= PERIOD_MIN_EVIDENCE:
-            return self._period_p(k)
-        return self.p
-
     @property
     def p_plan(self) -> float:
         """What the planner counts on: the worst period's posterior, 0 while down."""

@@ -44,7 +44,6 @@ from mesh.links import (
     LinkConfig,
     LinkEstimate,
     distribute_blame,
-    period_of,
     quality_prior,
 )
 from mesh.routes import _NO_HOPS, HopMetric, Route, RouteConfig, RoutePlanner, hop_cost
@@ -198,9 +197,6 @@ class Topology:
             # the evidence per period of the day is kept only when the routes plan on it
             self.link_cfg = dataclasses.replace(self.link_cfg,
                                                 by_period=self.route_cfg.worst_period)
-        #: period of the day (``links.period_of``) the routes are planned for, on each link's
-        #: evidence of that period (``set_plan_period``); None: the all-day or worst period
-        self.plan_period: int | None = None
         self.graph = nx.DiGraph()
         # networkx's own node and adjacency dicts (its documented data structure for
         # subclasses), read directly on the hot paths: the view objects and methods around
@@ -532,12 +528,8 @@ class Topology:
             # symmetric); a direction known to be down makes the hop unusable on that medium.
             # With ``worst_period`` the worst period of the day counts (``p_plan``): a
             # primary must stay good at every hour a read may come.
-            k = self.plan_period
             sf = sb = None
-            if k is not None:
-                pf = (fwd if fwd is not None else back).p_for_period(k)  # type: ignore[union-attr]
-                pb = (back if back is not None else fwd).p_for_period(k)  # type: ignore[union-attr]
-            elif self.route_cfg.worst_period:
+            if self.route_cfg.worst_period:
                 pf = (fwd if fwd is not None else back).p_plan  # type: ignore[union-attr]
                 pb = (back if back is not None else fwd).p_plan  # type: ignore[union-attr]
             else:
@@ -798,31 +790,6 @@ class Topology:
         self.planner.cfg = self.route_cfg
         if self.graph.number_of_edges():
             self.full_recompute(retune=False)
-
-    def keep_period_evidence(self) -> None:
-        """Keep each link's evidence per period of the day from now on (``set_plan_period``
-        plans on it)."""
-        if not self.link_cfg.by_period:
-            self.link_cfg = dataclasses.replace(self.link_cfg, by_period=True)
-
-    def set_plan_period(self, period: int | None) -> bool:
-        """Plan the routes for ``period`` of the day on each link's evidence of that period
-        (None: all day, or its worst period with ``worst_period``); the evidence per period
-        is kept from now on. True when the routes were re-planned."""
-        if period == self.plan_period:
-            return False
-        self.plan_period = period
-        if period is not None:
-            self.keep_period_evidence()
-            # Down is the state of an hour (failures in a row): a link that went down in
-            # another period is judged by this period's evidence, not kept out of its routes.
-            for _u, _v, _m, est in self.links():
-                if est.down and est.t_last is not None and period_of(est.t_last) != period:
-                    est.down = False
-                    est.consec_fail = 0.0
-        if self.graph.number_of_edges():
-            self.full_recompute(retune=False)
-        return True
 
     def expire_down(self, now: float, hold: float) -> int:
         """Links down with no new evidence for ``hold`` seconds may be tried again: marked down

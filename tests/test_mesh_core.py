@@ -660,31 +660,6 @@ def test_a_hop_read_all_night_that_fails_at_noon_loses_the_primary_to_an_all_day
     assert topo.primary(N).relays == (B,)
 
 
-def test_routes_planned_per_period_take_the_noon_hop_at_noon_and_the_night_hop_at_night():
-    # The same feeder as above, with routes planned per period of the day: at noon the
-    # route that works at noon, at night the well-trodden night hop again (the noon
-    # failures say nothing of the night).
-    topo = make(3)
-    topo.keep_period_evidence()
-    A, B, N = a(2), a(3), a(4)
-    for hour in (2, 12):
-        for u, v in ((ROOT, A), (ROOT, B)):
-            for x, y in ((u, v), (v, u)):
-                topo.observe(x, y, True, quality=14, t=_at(hour), weight=50)
-    for x, y in ((A, N), (N, A)):
-        topo.observe(x, y, True, quality=13, t=_at(2), weight=300)
-    for x, y in ((B, N), (N, B)):
-        topo.observe(x, y, True, quality=11, t=_at(2), weight=3)
-        topo.observe(x, y, True, t=_at(12), weight=3)
-    for _ in range(4):
-        topo.observe_path((ROOT, A, N), False, t=_at(12))
-    assert topo.set_plan_period(12 // 4)
-    assert topo.primary(N).relays == (B,)
-    assert topo.set_plan_period(2 // 4)
-    assert topo.primary(N).relays == (A,)
-    assert not topo.set_plan_period(0)  # the same period: nothing re-planned
-
-
 def test_a_link_down_with_no_news_for_the_hold_may_be_tried_again_with_its_failures():
     topo = make(2)
     A, N = a(2), a(3)

@@ -1054,6 +1054,26 @@ def test_reading_starts_at_formation_and_alternates_follow_in_the_gaps():
     run(main())
 
 
+def test_a_bug_in_the_background_probing_is_logged_not_lost(caplog, monkeypatch):
+    """Nobody awaits the probing for alternates: an exception there must reach the log
+    with the task's name, or the probing ends and the field never knows why."""
+    async def main():
+        a, b, target = addr(1), addr(2), addr(3)
+        module, driver, mesh = await make([(CCO, a), (CCO, b), (a, target), (b, target)])
+
+        async def broken(address, pause=0.0):
+            raise TypeError("a bug")
+        monkeypatch.setattr(mesh, "_find_alternates", broken)
+        with caplog.at_level(logging.ERROR, logger="mesh.engine"):
+            await mesh.discover()
+            await mesh.wait_alternates()
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert said == ["mesh: background task mesh-alternates failed: TypeError('a bug')"]
+        assert (await mesh.exchange(target, REQ)).ok  # reading goes on
+        await driver.close()
+    run(main())
+
+
 def test_background_probing_waits_for_a_pause_in_the_reads():
     """Alternates are probed only while no read is in flight for ``gap_idle_s``: probes taking
     read slots during a round slowed the round and doubled the daemon's CPU per read."""
@@ -1867,6 +1887,30 @@ def test_a_relay_that_can_give_a_stronger_primary_is_probed_before_one_heard_mor
     run(main())
 
 
+def test_a_weak_primarys_siblings_behind_the_same_marginal_hop_are_probed_last():
+    # N's primary R-A-N starts with a marginal hop (the CCO hears A at quality 6). S, behind
+    # A too, is heard by A most like N and its own route looks cheaper than N's; W, heard by
+    # the CCO at 12, is less alike. With one candidate probe, W is the one tried (a route
+    # through S keeps the marginal hop) and N's primary moves to R-W-N.
+    n, a, s, w = addr(9), addr(1), addr(2), addr(3)
+    known = [(CCO, a, 6), (a, n, 10), (CCO, n, 2), (a, s, 11), (CCO, w, 12), (a, w, 4)]
+
+    async def main():
+        edges = [(x, y) for x, y, _q in known] + [(w, n), (s, n)]
+        module, driver, mesh = await _known_mesh(edges, known)
+        mesh.tuning = dataclasses.replace(mesh.tuning, probes_per_node=1)
+        topo = mesh.topology
+        assert topo.primary(n).relays == (a,)
+        assert topo.primary(s).cost < topo.primary(n).cost - 0.5
+        alike = topo.unlikeness(n)
+        assert alike[s] < alike[w]
+        await mesh._find_alternates(n)
+        assert not [relays for _m, relays, _ok in module.reads if s in relays]
+        assert topo.primary(n).relays == (w,)
+        await driver.close()
+    run(main())
+
+
 def test_no_search_from_a_node_15_relays_out():
     """What a node 15 relays out hears would come back over 16 relays, more than a 1376.2
     frame's 4-bit relay level can name: the end of a 16-hop chain is read, never searched
@@ -1881,40 +1925,6 @@ def test_no_search_from_a_node_15_relays_out():
         before = len(module.searches)
         assert await mesh._search_from(end, 17, True) == []
         assert len(module.searches) == before
-        await driver.close()
-    run(main())
-
-
-def test_with_period_routes_the_reads_of_a_new_period_go_on_its_routes():
-    # A-N carried the night's reads and fails by day (a pump by N); B-N works all day. With
-    # routes per period of the day, the first read after 08:00 re-plans: on the day's
-    # routes N goes through B, and the next night's read through A again.
-    edges = [(CCO, addr(1)), (CCO, addr(2)), (addr(1), addr(3)), (addr(2), addr(3))]
-    A, B, N = addr(1), addr(2), addr(3)
-
-    async def main():
-        module, driver, mesh = await make(edges, tuning=EngineTuning(
-            cover_quality=16, period_routes=True))
-        await mesh.discover()
-        topo = mesh.topology
-        for x, y in ((A, N), (N, A)):
-            topo.observe(x, y, True, quality=15, t=mesh._now(), weight=300)
-        for x, y in ((B, N), (N, B)):
-            topo.observe(x, y, True, quality=9, t=mesh._now(), weight=3)
-        topo.full_recompute()
-        assert (await mesh.exchange(N, REQ)).relays == (A,)
-        await asyncio.sleep(9 * 3600 - mesh.clock.now().hour * 3600)  # to about 09:00
-        assert 8 <= mesh.clock.now().hour < 12
-        for x, y in ((A, N), (N, A)):
-            topo.observe(x, y, False, t=mesh._now(), weight=4)
-        for x, y in ((B, N), (N, B)):
-            topo.observe(x, y, True, t=mesh._now(), weight=10)
-        assert (await mesh.exchange(N, REQ)).relays == (B,)
-        assert topo.plan_period == 2
-        await asyncio.sleep(24 * 3600 - mesh.clock.now().hour * 3600 + 3600)  # 01:00
-        assert mesh.clock.now().hour < 4
-        assert (await mesh.exchange(N, REQ)).relays == (A,)
-        assert topo.plan_period == 0
         await driver.close()
     run(main())
 
