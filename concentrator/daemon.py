@@ -346,6 +346,9 @@ class Daemon:
                 await driver.clear_slaves()
             await self.discover()
         else:
+            # A module swapped or reset while the daemon was down holds none of the nodes
+            # (or a survey cut short by the restart holds its ring out): add them back.
+            await self.mesh.sync_module_archive()
             register_found(self.mesh, self.store)
         if self._formed is not None:
             self._formed.set()

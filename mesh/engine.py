@@ -351,6 +351,9 @@ class EngineTuning:
     #: (``maintain``): relays change as meters come, go and move (None: once, after formation;
     #: a restart counts as a survey, so restarts do not add searches)
     survey_every_s: float | None = 7 * 86400.0
+    #: the upkeep checks the module's slave count (10 F1) this often and adds back what the
+    #: module lost (``sync_module_archive``; None: only at a restart)
+    archive_check_s: float | None = 3600.0
     #: ... and background probes wait until no read has been in flight for this long: probing
     #: with half the read slots during a round doubled the daemon's CPU per read and held the
     #: round's make-up passes back (bench/daemon_cpu.py, 1,000-meter hplc)
@@ -637,6 +640,8 @@ class Mesh:
         self._saved: persist.SavedRows | None = None  # the mesh tables as last committed
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._last_survey: float | None = None  # when the last survey ended (``survey``)
+        self._last_archive_check: float | None = None  # ``sync_module_archive``
+        self._ring_out = False  # a survey's ring is out of the module's archive on purpose
         self._survey_task: asyncio.Task[int] | None = None  # a survey the upkeep started
         self._rebuild_hosts()
 
@@ -2442,11 +2447,13 @@ class Mesh:
                 continue
             await self._wait_for_quiet(idle_s=self.tuning.survey_idle_s)
             pairs = [p for a in ring if a in topo for p in self._slave_pairs(a)]
+            self._ring_out = True
             try:
                 await self._unregister([a for a, _p in pairs])
             except ModuleError as exc:
                 log.warning("mesh: survey from %s skipped, its neighbours stay in the module: "
                             "%s", proxy, exc)
+                self._ring_out = False
                 continue
             before = topo.graph.number_of_edges()
             level = (topo.node(proxy).level or 0) + 1
@@ -2458,7 +2465,10 @@ class Mesh:
                     await self._search_from(proxy, level, not self.archive,
                                             slices=self._retry_slices, survey=True)
             finally:
-                await self._register([p for p in pairs if p[0] in topo])
+                try:
+                    await self._register([p for p in pairs if p[0] in topo])
+                finally:
+                    self._ring_out = False
             searches += 1
             learned += topo.graph.number_of_edges() - before
         self._last_survey = self._now()
@@ -2758,8 +2768,50 @@ class Mesh:
             self._survey_task = asyncio.get_running_loop().create_task(
                 self._survey_bg(), name="mesh-survey")
             self._survey_task.add_done_callback(_log_crash)
+        if tn.archive_check_s is not None and (
+                self._last_archive_check is None
+                or now - self._last_archive_check >= tn.archive_check_s):
+            await self.sync_module_archive()
         if self._last_save is None or now - self._last_save >= self.tuning.save_period:
             self.save()
+
+    async def sync_module_archive(self) -> int:
+        """Add back to the module's slave archive the nodes it should hold and does not;
+        returns how many were added.
+
+        The mesh keeps which nodes it registered; the module can lose them behind its back:
+        a module swapped or power-cycled in the field starts with an empty archive, and a
+        survey cut short by a restart leaves its ring deleted (AFN11 F2) while the saved mesh
+        counts them registered. A node missing from the archive answers every search (its
+        slots collide with the new nodes'), and a module with a white list does not network
+        it at all. One slave count (10 F1) tells; only a short count costs the list (10 F2,
+        32 a frame) and the adds, of the missing nodes alone (adding a slave a module holds
+        is refused as a duplicate by some)."""
+        if self._ring_out:
+            return 0  # checked at the next upkeep, the ring back in
+        self._last_archive_check = self._now()
+        topo = self.topology
+        wanted: dict[str, int] = {}
+        for a in sorted(self._registered):
+            if a in topo and topo.node(a).kind is not NodeKind.CONCENTRATOR:
+                wanted.update(self._slave_pairs(a))
+        try:
+            count = await self.driver.slave_count()
+            if count.count >= len(wanted):
+                return 0
+            held = set(await self.driver.slave_addresses())
+        except ModuleError as exc:
+            log.info("mesh: module's slave archive not checked: %s", exc)
+            return 0
+        missing = [(a, p) for a, p in wanted.items() if a not in held]
+        if not missing:
+            return 0
+        log.warning("mesh: module's slave archive holds %d slaves, %d of the mesh's missing "
+                    "(%s): adding them back", count.count, len(missing),
+                    ", ".join(a for a, _p in missing[:8]))
+        self._registered.difference_update(a for a, _p in missing)
+        await self._register(missing)
+        return sum(a in self._registered for a, _p in missing)
 
     async def _survey_bg(self) -> int:
         try:

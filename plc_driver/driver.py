@@ -518,6 +518,17 @@ class ModuleDriver:
             raise ModuleProtocolError("10 F1: no slave count in the answer")
         return unit
 
+    async def slave_addresses(self, page: int = 32) -> list[str]:
+        """10 F2, page by page: the addresses in the module's slave archive, in its order."""
+        out: list[str] = []
+        while True:
+            unit = await self._query(0x10, 2, g.SlaveInfoQuery(len(out) + 1, page))
+            if not isinstance(unit, g.SlaveInfoList):
+                raise ModuleProtocolError("10 F2: no slave list in the answer")
+            out += [s.address for s in unit.slaves]
+            if not unit.slaves or len(out) >= unit.total:
+                return out
+
     async def start_search(
         self,
         proxy_path: Iterable[str] = (),

@@ -390,6 +390,78 @@ def test_restart_from_saved_state_reads_without_discovery(tmp_path):
     run(second())
 
 
+class ListingModule(GraphModule):
+    """A GraphModule that answers the slave count (10 F1) and list (10 F2) and records the
+    slaves each add (11 F1) carried."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.adds: list[list[str]] = []
+
+    def handle(self, f) -> None:
+        if (f.afn, f.fn) == (0x10, 1):
+            self.send(g.reply(0x10, 1, f.seq, COMM, g.SlaveCount(len(self.archive), 2040)))
+        elif (f.afn, f.fn) == (0x10, 2):
+            q = g.decode_data_unit(f)
+            held = list(self.archive.items())[q.start - 1 : q.start - 1 + q.count]
+            self.send(g.reply(0x10, 2, f.seq, COMM, g.SlaveInfoList(
+                len(self.archive), tuple(g.SlaveInfo(a, protocol=p) for a, p in held))))
+        else:
+            if (f.afn, f.fn) == (0x11, 1):
+                self.adds.append([a for a, _p in g.decode_data_unit(f).slaves])
+            super().handle(f)
+
+
+def test_a_module_that_lost_its_archive_gets_the_nodes_back_at_the_restart_and_upkeep(
+        tmp_path, caplog):
+    # The module was swapped while the daemon was down: it holds one of the three nodes. The
+    # restored mesh adds back the other two (only them: some modules refuse a duplicate),
+    # and after a module reset in service, the hourly upkeep adds back all three.
+    db_path = tmp_path / "mesh.db"
+    nodes = [addr(i) for i in (1, 2, 3)]
+
+    async def first():
+        module, driver, mesh = await make(chain(3), db=sqlite_utils.Database(db_path))
+        await mesh.discover()
+        await driver.close()
+
+    async def second():
+        module, driver, mesh = await make(chain(3), db=sqlite_utils.Database(db_path),
+                                          topo="restore", module_cls=ListingModule)
+        module.archive = {nodes[1]: 2}
+        with caplog.at_level(logging.WARNING, logger="mesh.engine"):
+            assert await mesh.sync_module_archive() == 2
+        assert module.adds == [[nodes[0], nodes[2]]]
+        assert set(module.archive) == set(nodes)
+        assert "holds 1 slaves, 2 of the mesh's missing" in caplog.text
+        assert await mesh.sync_module_archive() == 0  # a full count: no list, no add
+        assert len(module.adds) == 1
+        module.archive.clear()  # a module reset in service
+        await mesh.maintain()  # within the hour of the last check: not checked
+        assert module.archive == {}
+        await asyncio.sleep(mesh.tuning.archive_check_s)
+        await mesh.maintain()
+        assert set(module.archive) == set(nodes)
+        out = await mesh.exchange(nodes[2], REQ)
+        assert out.ok and module.searches == []
+        await driver.close()
+
+    run(first())
+    run(second())
+
+
+def test_a_module_that_cannot_count_its_slaves_is_left_as_it_is(caplog):
+    async def main():
+        module, driver, mesh = await make(chain(2))
+        await mesh.discover()
+        with caplog.at_level(logging.INFO, logger="mesh.engine"):
+            assert await mesh.sync_module_archive() == 0
+        assert "slave archive not checked" in caplog.text
+        assert (await mesh.exchange(addr(2), REQ)).ok
+        await driver.close()
+    run(main())
+
+
 def test_save_inside_a_store_batch_keeps_the_callers_transaction(tmp_path):
     from concentrator.store import Store
 

@@ -407,6 +407,21 @@ def test_overlapping_reads_collide_on_the_shared_medium():
     run(main())
 
 
+def test_the_slave_list_is_read_page_by_page_in_the_modules_order(street):
+    async def main():
+        district, driver = await started(street)
+        wanted = [m.address for m in street.meters[:40]]
+        await driver.add_slaves([(a, 2) for a in wanted])
+        assert await driver.slave_addresses() == wanted  # 10 F2: 32, then 8
+        assert await driver.slave_addresses(page=7) == wanted
+        district.reset_module()
+        assert await driver.slave_addresses() == []
+        await driver.close()
+        await district.close()
+
+    run(main())
+
+
 def test_module_reset_loses_the_archive_and_unplug_closes_the_link(street):
     async def main():
         district, driver = await started(street)
