@@ -212,6 +212,9 @@ class RoutePlanner:
         #: bumped when a hop appears or disappears or a relay changes status: the events that
         #: can open a new alternate (cost changes of known hops only re-price cached ones)
         self.struct_version = 0
+        #: ``version`` at the last ``rebalance`` that moved nothing: with no edit since, it
+        #: would search the same relief paths in vain again (the hourly upkeep between rounds)
+        self._relieved_at = -1
 
     def _structural(self) -> None:
         self._hmin = None
@@ -934,6 +937,8 @@ class RoutePlanner:
 
     def rebalance(self) -> list[str]:
         """Relieve relays above ``max_load``; returns nodes whose primary route changed."""
+        if self.version == self._relieved_at:
+            return []
         cfg = self.cfg
         load = self.loads()
         changed: set[str] = set()
@@ -973,6 +978,8 @@ class RoutePlanner:
                 log.info("mesh: route of %s moved off overloaded relay %s", n, relay)
         if changed:
             self.version += 1
+        else:
+            self._relieved_at = self.version
         return self._refresh(changed)
 
 

@@ -265,6 +265,18 @@ def test_relief_is_not_taken_when_the_detour_costs_too_much():
         link(topo, a(3), a(m), 0.8)
     topo.rebalance()
     assert topo.loads()[a(2)] == 6
+    # The hourly upkeep asks again with nothing changed: no path is searched in vain...
+    searches = topo.planner.searches
+    topo.rebalance()
+    assert topo.planner.searches == searches
+    # ... until the hops change: the detour got cheap, and the relay is relieved.
+    link(topo, ROOT, a(3), 0.989)
+    for m in range(10, 16):
+        link(topo, a(3), a(m), 0.989)
+    assert topo.loads()[a(2)] == 6
+    topo.rebalance()
+    assert topo.planner.searches > searches
+    assert topo.loads()[a(2)] == 3
 
 
 @pytest.mark.parametrize("p", [0.3, 0.7, 0.9, 0.98])
