@@ -641,7 +641,10 @@ class Mesh:
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._last_survey: float | None = None  # when the last survey ended (``survey``)
         self._last_archive_check: float | None = None  # ``sync_module_archive``
-        self._ring_out = False  # a survey's ring is out of the module's archive on purpose
+        #: addresses taken out of the module's archive on purpose (a survey's ring, a repair
+        #: search's node, a replaced meter) until added back: ``sync_module_archive`` leaves
+        #: them out, also while their delete (AFN11 F2) is still on its way
+        self._held_out: set[str] = set()
         self._survey_task: asyncio.Task[int] | None = None  # a survey the upkeep started
         self._rebuild_hosts()
 
@@ -1354,6 +1357,7 @@ class Mesh:
             self._archive_full = True
             done = len(pairs) - len(exc.refused)
             self._registered.update(a for a, _ in pairs[:done])
+            self._held_out.difference_update(a for a, _ in pairs[:done])
             log.warning("mesh: module's slave archive full (%d of %d): %s not registered; "
                         "no registration until a node leaves it", exc.count, exc.capacity,
                         ", ".join(exc.refused[:8]))
@@ -1362,6 +1366,7 @@ class Mesh:
             log.warning("mesh: registering %d nodes failed: %s", len(pairs), exc)
             return
         self._registered.update(a for a, _ in pairs)
+        self._held_out.difference_update(a for a, _ in pairs)
 
     def _slave_pairs(self, address: str) -> list[tuple[str, int]]:
         """``address`` and a collector's RS-485 meters as the module's slave entries (address,
@@ -1373,7 +1378,13 @@ class Mesh:
     async def _unregister(self, addresses: list[str]) -> None:
         """Delete ``addresses`` from the module's slave archive (AFN11 F2; ``ModuleError``
         when refused): the slots it frees take adds again."""
-        await self.driver.delete_slaves(addresses)
+        out = set(addresses) - self._held_out
+        self._held_out |= out
+        try:
+            await self.driver.delete_slaves(addresses)
+        except BaseException:
+            self._held_out -= out  # (refused, or the link closed: they are still in it)
+            raise
         if self._registered.intersection(addresses):
             self._archive_full = False  # (deleting a node it does not hold frees nothing)
         self._registered.difference_update(addresses)
@@ -2447,13 +2458,11 @@ class Mesh:
                 continue
             await self._wait_for_quiet(idle_s=self.tuning.survey_idle_s)
             pairs = [p for a in ring if a in topo for p in self._slave_pairs(a)]
-            self._ring_out = True
             try:
                 await self._unregister([a for a, _p in pairs])
             except ModuleError as exc:
                 log.warning("mesh: survey from %s skipped, its neighbours stay in the module: "
                             "%s", proxy, exc)
-                self._ring_out = False
                 continue
             before = topo.graph.number_of_edges()
             level = (topo.node(proxy).level or 0) + 1
@@ -2465,10 +2474,7 @@ class Mesh:
                     await self._search_from(proxy, level, not self.archive,
                                             slices=self._retry_slices, survey=True)
             finally:
-                try:
-                    await self._register([p for p in pairs if p[0] in topo])
-                finally:
-                    self._ring_out = False
+                await self._register([p for p in pairs if p[0] in topo])
             searches += 1
             learned += topo.graph.number_of_edges() - before
         self._last_survey = self._now()
@@ -2787,14 +2793,14 @@ class Mesh:
         it at all. One slave count (10 F1) tells; only a short count costs the list (10 F2,
         32 a frame) and the adds, of the missing nodes alone (adding a slave a module holds
         is refused as a duplicate by some)."""
-        if self._ring_out:
-            return 0  # checked at the next upkeep, the ring back in
         self._last_archive_check = self._now()
         topo = self.topology
         wanted: dict[str, int] = {}
         for a in sorted(self._registered):
             if a in topo and topo.node(a).kind is not NodeKind.CONCENTRATOR:
                 wanted.update(self._slave_pairs(a))
+        for a in self._held_out:
+            wanted.pop(a, None)
         try:
             count = await self.driver.slave_count()
             if count.count >= len(wanted):
@@ -2803,7 +2809,8 @@ class Mesh:
         except ModuleError as exc:
             log.info("mesh: module's slave archive not checked: %s", exc)
             return 0
-        missing = [(a, p) for a, p in wanted.items() if a not in held]
+        # (a repair or a survey may have taken some out meanwhile: they stay out)
+        missing = [(a, p) for a, p in wanted.items() if a not in held and a not in self._held_out]
         if not missing:
             return 0
         log.warning("mesh: module's slave archive holds %d slaves, %d of the mesh's missing "

@@ -442,6 +442,14 @@ def test_a_module_that_lost_its_archive_gets_the_nodes_back_at_the_restart_and_u
         await asyncio.sleep(mesh.tuning.archive_check_s)
         await mesh.maintain()
         assert set(module.archive) == set(nodes)
+        # A node taken out of the module on purpose (a repair's search for it) stays out,
+        # also when the check comes while its delete (AFN11 F2) is still on its way.
+        removal = asyncio.get_running_loop().create_task(mesh._unregister([nodes[0]]))
+        await asyncio.sleep(0)
+        assert nodes[0] in mesh._registered  # not confirmed yet
+        assert await mesh.sync_module_archive() == 0
+        await removal
+        assert nodes[0] not in module.archive and nodes[0] not in mesh._registered
         out = await mesh.exchange(nodes[2], REQ)
         assert out.ok and module.searches == []
         await driver.close()
