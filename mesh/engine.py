@@ -1595,15 +1595,14 @@ class Mesh:
         route = self.topology.primary(address)
         if route is None:
             return False
+        if self._weak_hops(route):
+            return True
         for a, b, m in route.hops():
             two_way = 1.0
             for x, y in ((a, b), (b, a)):
                 est = self.topology.link(x, y, m)
-                if est is None:
-                    continue
-                if est.quality is not None and est.quality < self.tuning.weak_quality:
-                    return True
-                two_way *= est.p_worst
+                if est is not None:
+                    two_way *= est.p_worst
             if two_way < self.tuning.weak_p:
                 return True
         return False
