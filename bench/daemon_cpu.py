@@ -31,7 +31,11 @@ several HPLC frames: the realtime run collides more than the same district in vi
 
 The daemon config is demo.py's except the daily window, which ends at the field default 06:00
 so that the once-a-day tasks after it (power-down records, clock, relay) do not read during the
-idle hour. ``--profile`` runs the daemon under cProfile switched on for the round only (SIGUSR1
+idle hour. Each phase also says how busy the rest of the machine was (``others_cpu_s``: the
+machine's busy CPU from ``/proc/stat`` less the daemon's, the simulator's and this bench's;
+``steal_s``: the hypervisor's): the same work costs the daemon more CPU time when other jobs
+share the two cores (the simulator's CPU for the same district rises with it), so runs from a
+quiet and a busy machine should not be compared as they are. ``--profile`` runs the daemon under cProfile switched on for the round only (SIGUSR1
 at formation end, SIGUSR2 at round end) and prints the top functions; its CPU figures are
 inflated by the profiler and are not the measurement.
 
@@ -97,6 +101,16 @@ def proc_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) the process ``pid`` has used; None once it is gone."""
     t = proc_times(pid)
     return None if t is None else t[0] + t[1]
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, all cores (``/proc/stat``)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICK, steal / TICK
 
 
 def proc_rss_mb(pid: int, field: str = "VmRSS") -> float | None:
@@ -238,6 +252,8 @@ class _Sample:
         self.user, self.sys = proc_times(pid) or (0.0, 0.0)
         self.cpu = self.user + self.sys
         self.sim_cpu = proc_cpu(sim_pid)
+        self.machine_busy, self.steal = machine_cpu()
+        self.bench_cpu = sum(os.times()[:2])   # this process: the master station and the polls
         self.wall = time.monotonic()
         self.sim_now = sim_now
         self.reads = store.reads()
@@ -248,11 +264,14 @@ def _phase(a: _Sample, b: _Sample) -> dict[str, Any]:
     reads = {k: b.reads.get(k, 0) - a.reads.get(k, 0) for k in b.reads
              if b.reads.get(k, 0) - a.reads.get(k, 0)}
     ok = sum(v for k, v in reads.items() if k.endswith(":ok"))
+    sim_cpu = (b.sim_cpu or 0) - (a.sim_cpu or 0)
+    others = (b.machine_busy - a.machine_busy) - cpu - sim_cpu - (b.bench_cpu - a.bench_cpu)
     return {"cpu_s": round(cpu, 2), "user_s": round(b.user - a.user, 2),
-            "sys_s": round(b.sys - a.sys, 2), "sim_cpu_s": round((b.sim_cpu or 0) - (a.sim_cpu or 0), 2),
+            "sys_s": round(b.sys - a.sys, 2), "sim_cpu_s": round(sim_cpu, 2),
             "sim_s": round((b.sim_now - a.sim_now).total_seconds()),
             "wall_s": round(b.wall - a.wall, 1), "reads": reads, "reads_ok": ok,
-            "cpu_per_1000_reads": round(1000 * cpu / ok, 2) if ok else None}
+            "cpu_per_1000_reads": round(1000 * cpu / ok, 2) if ok else None,
+            "others_cpu_s": round(max(others, 0.0), 2), "steal_s": round(b.steal - a.steal, 2)}
 
 
 def _port_opens(path: str) -> bool:
@@ -528,7 +547,8 @@ def main() -> None:
         print(f"  round: {rd['cpu_s']} s CPU (user {rd['user_s']}, system {rd['sys_s']}) for {rd['reads_ok']} reads ok "
               f"({rd['reads']}) in {rd['sim_s']} sim-s = {rd['cpu_per_1000_reads']} s per "
               f"1,000 reads (goal {GOAL_CPU_PER_1000}); simulator {rd['sim_cpu_s']} s; daily "
-              f"first attempt {daily.get('first_attempt_pct')}% final {daily.get('final_pct')}%")
+              f"first attempt {daily.get('first_attempt_pct')}% final {daily.get('final_pct')}%; "
+              f"other processes {rd['others_cpu_s']} s CPU meanwhile (steal {rd['steal_s']} s)")
         if rd.get("reading_cpu_per_1000_reads") is not None:
             print(f"  of it reading (reader, module link, uploads, store): "
                   f"{rd['reading_cpu_per_1000_reads']} s per 1,000 reads "
