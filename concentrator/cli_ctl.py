@@ -151,7 +151,9 @@ def render_status(r: Mapping[str, Any]) -> str:
         f"terminal   {t.get('district', '-')}/{t.get('address', '-')}   version {r.get('version', '-')}"
         f"   up {_duration(r.get('uptime_s'))}",
         f"module     {m.get('port', '-')} {m.get('channel', '-')} "
-        f"{'connected' if m.get('connected') else 'NOT CONNECTED'}  CCO {m.get('cco_address') or '-'}",
+        f"{'connected' if m.get('connected') else 'NOT CONNECTED'}  CCO {m.get('cco_address') or '-'}"
+        + (f"  archive checked {m['archive_checked']}" if m.get("archive_checked") else "")
+        + (f", {m['archive_added_back']} nodes added back" if m.get("archive_added_back") else ""),
         f"nodes      {n.get('total', 0)} total, {n.get('online', 0)} online, "
         f"{n.get('quarantined', 0)} quarantined",
         f"reading    {rd.get('day', '-')}: {rd.get('read', 0)}/{rd.get('due', 0)} read "

@@ -577,7 +577,11 @@ class Daemon:
                          "address": self.config.terminal.address},
             "module": {"port": self.config.module.port, "channel": self.config.module.channel,
                        "connected": self.module_connected,
-                       "cco_address": root},
+                       "cco_address": root,
+                       # the slave archive check (Mesh.sync_module_archive): a module swapped
+                       # or reset shows as nodes added back
+                       "archive_checked": self._iso(getattr(self.mesh, "archive_checked_at", None)),
+                       "archive_added_back": getattr(self.mesh, "archive_added_back", 0)},
             "nodes": counts,
             "discovering": self.discovering,
             "reading": None if last is None else {

@@ -640,7 +640,10 @@ class Mesh:
         self._saved: persist.SavedRows | None = None  # the mesh tables as last committed
         self.guard = MeshGuard()  # rogue nodes: screens every search's reports (mesh.guard)
         self._last_survey: float | None = None  # when the last survey ended (``survey``)
-        self._last_archive_check: float | None = None  # ``sync_module_archive``
+        #: when the module's slave archive was last checked and how many nodes the checks
+        #: have added back since the start (``sync_module_archive``; the daemon's status)
+        self.archive_checked_at: float | None = None
+        self.archive_added_back = 0
         #: addresses taken out of the module's archive on purpose (a survey's ring, a repair
         #: search's node, a replaced meter) until added back: ``sync_module_archive`` leaves
         #: them out, also while their delete (AFN11 F2) is still on its way
@@ -2774,8 +2777,8 @@ class Mesh:
                 self._survey_bg(), name="mesh-survey")
             self._survey_task.add_done_callback(_log_crash)
         if tn.archive_check_s is not None and (
-                self._last_archive_check is None
-                or now - self._last_archive_check >= tn.archive_check_s):
+                self.archive_checked_at is None
+                or now - self.archive_checked_at >= tn.archive_check_s):
             await self.sync_module_archive()
         if self._last_save is None or now - self._last_save >= self.tuning.save_period:
             self.save()
@@ -2792,7 +2795,7 @@ class Mesh:
         it at all. One slave count (10 F1) tells; only a short count costs the list (10 F2,
         32 a frame) and the adds, of the missing nodes alone (adding a slave a module holds
         is refused as a duplicate by some)."""
-        self._last_archive_check = self._now()
+        self.archive_checked_at = self._now()
         topo = self.topology
         wanted: dict[str, int] = {}
         for a in sorted(self._registered):
@@ -2817,7 +2820,9 @@ class Mesh:
                     ", ".join(a for a, _p in missing[:8]))
         self._registered.difference_update(a for a, _p in missing)
         await self._register(missing)
-        return sum(a in self._registered for a, _p in missing)
+        added = sum(a in self._registered for a, _p in missing)
+        self.archive_added_back += added
+        return added
 
     async def _survey_bg(self) -> int:
         try:

@@ -378,6 +378,15 @@ def test_status_text_lists_each_fault_on_its_own_line():
                 if ln.startswith("FAULT")]
 
 
+def test_status_text_says_when_the_module_archive_was_checked_and_what_came_back():
+    m = {"port": "/dev/ttyS1", "channel": "hplc", "connected": True, "cco_address": "000000000001",
+         "archive_checked": "2024-03-01T03:00:12", "archive_added_back": 0}
+    line = cli_ctl.render_status({"module": m}).splitlines()[1]
+    assert line.endswith("CCO 000000000001  archive checked 2024-03-01T03:00:12")
+    line = cli_ctl.render_status({"module": {**m, "archive_added_back": 998}}).splitlines()[1]
+    assert line.endswith("archive checked 2024-03-01T03:00:12, 998 nodes added back")
+
+
 def test_renderers_tolerate_sparse_results():
     # The lead's handlers may omit optional keys; the human output must not crash.
     for render in (cli_ctl.render_status, cli_ctl.render_nodes, cli_ctl.render_node,

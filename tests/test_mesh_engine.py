@@ -431,6 +431,7 @@ def test_a_module_that_lost_its_archive_gets_the_nodes_back_at_the_restart_and_u
         module.archive = {nodes[1]: 2}
         with caplog.at_level(logging.WARNING, logger="mesh.engine"):
             assert await mesh.sync_module_archive() == 2
+        assert mesh.archive_added_back == 2 and mesh.archive_checked_at == mesh._now()
         assert module.adds == [[nodes[0], nodes[2]]]
         assert set(module.archive) == set(nodes)
         assert "holds 1 slaves, 2 of the mesh's missing" in caplog.text
