@@ -228,6 +228,14 @@ class ExchangeOutcome:
         return self.latency_s
 
 
+def _background(coro: Any, name: str) -> asyncio.Task:
+    """A task nobody awaits for its result (probing, repairs, checks, the survey): its crash
+    is logged (``_log_crash``)."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    task.add_done_callback(_log_crash)
+    return task
+
+
 def _log_crash(task: asyncio.Task) -> None:
     """Done-callback of the mesh's background tasks: nobody awaits their result, so a bug
     there would otherwise end the probing or a repair without a word (``wait_*`` gather with
@@ -1448,9 +1456,7 @@ class Mesh:
         nodes = [n.address for n in sorted((n for n in topo.nodes()
                                             if n.address != self.root and n.level),
                                            key=lambda n: (n.level or 99, n.address))]
-        self._gap_task = asyncio.get_running_loop().create_task(
-            self._probe_in_gaps(nodes), name="mesh-alternates")
-        self._gap_task.add_done_callback(_log_crash)
+        self._gap_task = _background(self._probe_in_gaps(nodes), "mesh-alternates")
 
     async def _probe_in_gaps(self, nodes: list[str]) -> None:
         """``probe_phases`` in the background: at most half the module's read slots (the
@@ -1561,13 +1567,13 @@ class Mesh:
         """The cheapest a hop can cost (its airtime on the fastest medium): ``_cannot_beat``."""
         return min(self.topology.route_cfg.hop_time.values(), default=0.0)
 
-    def _cannot_beat(self, relay_route: Route, primary: Route) -> bool:
+    def _cannot_beat(self, relay_route: Route, primary: Route,
+                     weak: frozenset[tuple[str, str]]) -> bool:
         """A relay whose own route plus the cheapest hop already costs as much as the node's
         primary cannot give it a stronger one (hop costs are positive and add up), nor can one
-        whose route crosses a marginal hop of the primary (``_weak_hops``)."""
+        whose route crosses a marginal hop of the primary (``weak``: its ``_weak_hops``)."""
         if relay_route.cost + self._cheapest_hop() >= primary.cost:
             return True
-        weak = self._weak_hops(primary)
         return bool(weak) and _crosses(relay_route, weak)
 
     def _weak_hops(self, route: Route) -> frozenset[tuple[str, str]]:
@@ -1636,6 +1642,8 @@ class Mesh:
         def enough() -> bool:
             return have_alternates() and not self._weak_primary(address)
 
+        weak_of: list[Any] = [None, frozenset()]  # (primary, its _weak_hops), worked out once
+
         def cannot_help(route: Route) -> bool:
             # Only a stronger primary is wanted, and the relay's own route already costs as
             # much as the primary: no hop from it can make a cheaper one (hop costs add up
@@ -1643,7 +1651,11 @@ class Mesh:
             if not self.tuning.skip_dear_candidates or not have_alternates():
                 return False
             primary = topo.primary(address)
-            return primary is not None and self._cannot_beat(route, primary)
+            if primary is None:
+                return False
+            if weak_of[0] is not primary:  # a probe may have moved the primary
+                weak_of[:] = [primary, self._weak_hops(primary)]
+            return self._cannot_beat(route, primary, weak_of[1])
         # The loop below would stop at its first candidate: skip working the candidates out
         # (a sort of the whole two-hop neighbourhood, a route each: most of the CPU of a round
         # that overlaps the probing for alternates).
@@ -2144,9 +2156,7 @@ class Mesh:
         backoff = self._repair_backoff.get(host)
         if backoff is not None and self._now() < backoff[1]:
             return None
-        task = asyncio.get_running_loop().create_task(self._repair_bg(host, probes),
-                                                      name=f"mesh-repair-{host}")
-        task.add_done_callback(_log_crash)
+        task = _background(self._repair_bg(host, probes), f"mesh-repair-{host}")
         self._repairs[host] = task
         return task
 
@@ -2156,9 +2166,8 @@ class Mesh:
         group = [a for a in orphans if a not in self._repairs or self._repairs[a].done()]
         if not group:
             return
-        task = asyncio.get_running_loop().create_task(
-            self._repair_group_bg(relay, group, siblings), name=f"mesh-repair-group-{relay}")
-        task.add_done_callback(_log_crash)
+        task = _background(self._repair_group_bg(relay, group, siblings),
+                           f"mesh-repair-group-{relay}")
         for a in group:
             self._repairs[a] = task
 
@@ -2212,8 +2221,7 @@ class Mesh:
             except LinkClosed:
                 log.info("mesh: relay check of %s stopped, the module link closed",
                          " > ".join(failed.relays))
-        task = asyncio.get_running_loop().create_task(check(), name="mesh-relay-check")
-        task.add_done_callback(_log_crash)
+        task = _background(check(), "mesh-relay-check")
         self._bg_checks.add(task)
         task.add_done_callback(self._bg_checks.discard)
 
@@ -2773,9 +2781,7 @@ class Mesh:
                 and (self._survey_task is None or self._survey_task.done())
                 and (self._gap_task is None or self._gap_task.done())):
             log.info("mesh: last survey %.0f h ago: surveying again", (now - self._last_survey) / 3600)
-            self._survey_task = asyncio.get_running_loop().create_task(
-                self._survey_bg(), name="mesh-survey")
-            self._survey_task.add_done_callback(_log_crash)
+            self._survey_task = _background(self._survey_bg(), "mesh-survey")
         if tn.archive_check_s is not None and (
                 self.archive_checked_at is None
                 or now - self.archive_checked_at >= tn.archive_check_s):
