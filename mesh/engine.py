@@ -248,6 +248,24 @@ def _log_crash(task: asyncio.Task) -> None:
                   exc_info=exc)
 
 
+def _search_finds(report: Any) -> list[tuple[str, int | None, Any]]:
+    """The nodes a registration search's 06 F4 report carries: (address, signal quality,
+    report) each; none for another report.
+
+    The data unit counts its nodes, and a module may gather several in one report: taking
+    only the first lost the others for the whole discovery. The info field's quality is the
+    report frame's last hop: a node's own only when the report is about it alone, or names
+    it as the A-field source; the others' hops are learnt with no quality (``None``)."""
+    f = report.frame
+    if f.afn != 0x06 or f.fn != 4:
+        return []
+    quality = f.info.cmd_quality if f.info else None
+    nodes = list(dict.fromkeys(n.address for n in getattr(report.unit, "nodes", ())))
+    if len(nodes) <= 1:
+        return [] if report.node is None else [(report.node, quality, report)]
+    return [(a, quality if a == f.source else None, report) for a in nodes]
+
+
 def _crosses(route: Route, hops: frozenset[tuple[str, str]]) -> bool:
     """True when ``route`` has one of ``hops`` (pairs of addresses, either order given)."""
     path = route.path
@@ -1054,9 +1072,7 @@ class Mesh:
                     report = await anext(reports)
             except (TimeoutError, StopAsyncIteration):
                 return out
-            f = report.frame
-            if f.afn == 0x06 and f.fn == 4 and report.node is not None:
-                out.append((report.node, f.info.cmd_quality if f.info else None, report))
+            out += _search_finds(report)
 
     def _proxy_slots(self) -> int:
         """Answer slots for the next proxy search: about half the answers the last few proxy
@@ -1174,11 +1190,11 @@ class Mesh:
                             if getattr(report.unit, "status", None) == 2:
                                 break
                             continue
-                        if f.afn != 0x06 or f.fn != 4 or report.node is None:
+                        finds = _search_finds(report)
+                        if not finds:
                             log.info("mesh: module report AFN%02X F%d ignored", f.afn, f.fn)
                             continue
-                        found.append((report.node, f.info.cmd_quality if f.info else None,
-                                      report))
+                        found += finds
                         now = loop.time()
                         if not arrivals and now - t_start > _STALE_S:
                             # No answer can come before the first round's slices are over:
@@ -1203,9 +1219,9 @@ class Mesh:
                                     await self.driver.stop_search()
                                 break
                             bursts.append(0)
-                        bursts[-1] += 1
+                        bursts[-1] += len(finds)
                         last_t = now
-                        missing.discard(self.host_of(report.node))
+                        missing.difference_update(self.host_of(a) for a, _q, _r in finds)
                         if wanted and not missing:
                             log.info("mesh: search from %s heard all %d nodes it was for",
                                      proxy, len(wanted))

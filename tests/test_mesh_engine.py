@@ -390,6 +390,50 @@ def test_restart_from_saved_state_reads_without_discovery(tmp_path):
     run(second())
 
 
+class GatheringModule(GraphModule):
+    """A module that reports all the nodes a search heard in one 06 F4 report (the data
+    unit counts its nodes), its A-field source and signal quality those of the first."""
+
+    async def _search(self, path) -> None:
+        self.searches.append(path)
+        await asyncio.sleep(2.0)
+        full = (CCO, *path)
+        searcher = full[-1]
+        heard = [b for b in sorted(self.adj.get(searcher, ())) if b not in self.archive
+                 and b not in full and b != CCO and self.hears(searcher, b)]
+        if heard and self.path_ok(full):
+            nodes = tuple(g.FoundNode(b, 2, 0, 1, len(self.collectors[b]),
+                                      tuple((s, 2) for s in self.collectors[b]))
+                          if b in self.collectors else g.FoundNode(b, 2) for b in heard)
+            self.report_seq = (self.report_seq + 1) % 256
+            self.send(g.reply(0x06, 4, self.report_seq, COMM, g.ReportSlaves(nodes), prm=1,
+                              source=heard[0], relays=tuple(reversed(path)), destination=CCO,
+                              cmd_quality=13, reply_quality=13))
+        self.report_seq = (self.report_seq + 1) % 256
+        self.send(g.reply(0x06, 3, self.report_seq, COMM, g.RouteWorkStatus(2), prm=1))
+
+
+def test_every_node_of_a_report_that_gathers_several_is_found_and_read():
+    async def main():
+        relay, col, m1 = addr(1), addr(50), addr(51)
+        leaves = [addr(i) for i in (2, 3, 4)]
+        edges = [(CCO, relay), *((relay, x) for x in (*leaves, col))]
+        module, driver, mesh = await make(edges, collectors={col: (m1,)},
+                                          module_cls=GatheringModule)
+        done = await mesh.discover()
+        assert done.nodes == 5
+        for x in (*leaves, col):
+            assert mesh.topology.primary(x).relays == (relay,)
+        assert {relay, *leaves, col, m1} <= set(module.archive)
+        # The report's quality is its first node's hop; the others' is not known from it.
+        assert mesh.topology.link(relay, leaves[0]).quality == 13
+        assert mesh.topology.link(relay, leaves[1]).quality is None
+        for meter in (*leaves, m1):
+            assert (await mesh.exchange(meter, REQ)).ok
+        await driver.close()
+    run(main())
+
+
 class ListingModule(GraphModule):
     """A GraphModule that answers the slave count (10 F1) and list (10 F2) and records the
     slaves each add (11 F1) carried."""
