@@ -249,15 +249,17 @@ def _log_crash(task: asyncio.Task) -> None:
 
 
 def _search_finds(report: Any) -> list[tuple[str, int | None, Any]]:
-    """The nodes a registration search's 06 F4 report carries: (address, signal quality,
-    report) each; none for another report.
+    """The nodes a registration search's report carries: (address, signal quality, report)
+    each; none for another report. 06 F4 gives each node's device type (and a collector's
+    meters); modules of the 2009 edition report with 06 F1, address and protocol only, so
+    its nodes are taken for meters.
 
     The data unit counts its nodes, and a module may gather several in one report: taking
     only the first lost the others for the whole discovery. The info field's quality is the
     report frame's last hop: a node's own only when the report is about it alone, or names
     it as the A-field source; the others' hops are learnt with no quality (``None``)."""
     f = report.frame
-    if f.afn != 0x06 or f.fn != 4:
+    if f.afn != 0x06 or f.fn not in (1, 4):
         return []
     quality = f.info.cmd_quality if f.info else None
     nodes = list(dict.fromkeys(n.address for n in getattr(report.unit, "nodes", ())))
@@ -1313,8 +1315,9 @@ class Mesh:
             log.warning("mesh: search report for %s without node data, ignored", address)
             return None
         t = self._now()
-        is_collector = info.device_type == 1
-        subs = tuple(a for a, _p in info.subs)
+        # (a 06 F1 entry has no device type: a meter)
+        is_collector = getattr(info, "device_type", 0) == 1
+        subs = tuple(a for a, _p in getattr(info, "subs", ()))
         if proxy not in topo:
             log.warning("mesh: node %s found via unknown proxy %s, ignored", address, proxy)
             return None
@@ -1364,7 +1367,7 @@ class Mesh:
                     "mesh: unknown meter %s found via %s, %s", address, proxy,
                     "admitted" if admitted else "quarantined")
             self._emit(UnknownMeter(address, proxy, admitted))
-        return [(address, info.protocol), *info.subs]
+        return [(address, info.protocol), *getattr(info, "subs", ())]
 
     async def _register(self, pairs: list[tuple[str, int]]) -> None:
         pairs = [(a, p) for a, p in dict(pairs).items() if a not in self._registered]

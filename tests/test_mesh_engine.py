@@ -392,7 +392,10 @@ def test_restart_from_saved_state_reads_without_discovery(tmp_path):
 
 class GatheringModule(GraphModule):
     """A module that reports all the nodes a search heard in one 06 F4 report (the data
-    unit counts its nodes), its A-field source and signal quality those of the first."""
+    unit counts its nodes), its A-field source and signal quality those of the first; with
+    ``fn`` 1 in a 06 F1 report (2009-edition modules: address and protocol only)."""
+
+    fn = 4
 
     async def _search(self, path) -> None:
         self.searches.append(path)
@@ -405,30 +408,36 @@ class GatheringModule(GraphModule):
             nodes = tuple(g.FoundNode(b, 2, 0, 1, len(self.collectors[b]),
                                       tuple((s, 2) for s in self.collectors[b]))
                           if b in self.collectors else g.FoundNode(b, 2) for b in heard)
+            unit = g.ReportSlaves(nodes) if self.fn == 4 else g.ReportSlaveInfo(
+                tuple(g.SlaveIndexEntry(b, 2, 0) for b in heard))
             self.report_seq = (self.report_seq + 1) % 256
-            self.send(g.reply(0x06, 4, self.report_seq, COMM, g.ReportSlaves(nodes), prm=1,
+            self.send(g.reply(0x06, self.fn, self.report_seq, COMM, unit, prm=1,
                               source=heard[0], relays=tuple(reversed(path)), destination=CCO,
                               cmd_quality=13, reply_quality=13))
         self.report_seq = (self.report_seq + 1) % 256
         self.send(g.reply(0x06, 3, self.report_seq, COMM, g.RouteWorkStatus(2), prm=1))
 
 
-def test_every_node_of_a_report_that_gathers_several_is_found_and_read():
+@pytest.mark.parametrize("fn", [4, 1])
+def test_every_node_of_a_report_that_gathers_several_is_found_and_read(fn):
     async def main():
-        relay, col, m1 = addr(1), addr(50), addr(51)
+        relay = addr(1)
         leaves = [addr(i) for i in (2, 3, 4)]
+        # 06 F4 tells a collector and its meters; 06 F1 knows meters only
+        col, m1 = (addr(50), addr(51)) if fn == 4 else (addr(5), None)
         edges = [(CCO, relay), *((relay, x) for x in (*leaves, col))]
-        module, driver, mesh = await make(edges, collectors={col: (m1,)},
-                                          module_cls=GatheringModule)
+        module_cls = type("Gathering", (GatheringModule,), {"fn": fn})
+        module, driver, mesh = await make(edges, collectors={col: (m1,)} if m1 else None,
+                                          module_cls=module_cls)
         done = await mesh.discover()
         assert done.nodes == 5
         for x in (*leaves, col):
             assert mesh.topology.primary(x).relays == (relay,)
-        assert {relay, *leaves, col, m1} <= set(module.archive)
+        assert {relay, *leaves, col, *([m1] if m1 else [])} <= set(module.archive)
         # The report's quality is its first node's hop; the others' is not known from it.
         assert mesh.topology.link(relay, leaves[0]).quality == 13
         assert mesh.topology.link(relay, leaves[1]).quality is None
-        for meter in (*leaves, m1):
+        for meter in (*leaves, m1 or col):
             assert (await mesh.exchange(meter, REQ)).ok
         await driver.close()
     run(main())
