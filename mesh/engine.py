@@ -86,6 +86,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -452,6 +453,10 @@ class EngineTuning:
     early_relay_check: bool = True
     #: ... and a long route's suspects are narrowed down by bisection first (``_bisect_relays``)
     bisect_relay_checks: bool = True
+    #: a read whose primary crosses a relay under check goes first by the best route round
+    #: it (the primary stays its fallback): the check's probes take a timeout each, and
+    #: meanwhile every read through a dead relay lost one too
+    avoid_checked_relays: bool = True
     #: relay checks' probes go beside each other (never under a search, see
     #: ``_beside_checks``); False: one at a time under the search lock
     checks_beside: bool = True
@@ -474,6 +479,9 @@ class EngineTuning:
     #: a one-meter group made 8 searches, then the per-meter repair searched again)
     group_searches: int = 8
     group_searches_per_orphan: int = 2
+    #: ... then from each orphan's own neighbours (``_search_proxies``), ``repair_searches``
+    #: each, still for all of them, before each is repaired alone
+    group_own_proxies: bool = True
     #: a relay whose repair search heard nodes this recently is alive: a read through it
     #: that fails does not get it declared dead (1,000-meter npl: a node that had just heard
     #: 4 orphans was declared dead, and its orphans with it)
@@ -639,6 +647,9 @@ class Mesh:
         #: relay -> its check under way (True: declared dead): reads in flight at once that
         #: meet the same silent relay wait for that one check, no second probe or repair
         self._relay_checks: dict[str, asyncio.Task[bool]] = {}
+        #: relays of broken routes whose check is under way: how many checks suspect each,
+        #: and when the latest of their failed reads was sent (see ``_detour``)
+        self._suspects: dict[str, tuple[int, float]] = {}
         self._bisect_probes: dict[str, asyncio.Task[bool]] = {}  # see _bisect_relays
         self._checks_in_flight = 0  # relay check probes under way (see _beside_checks)
         self._search_proxy: str | None = None  # the proxy of the search under way
@@ -1815,6 +1826,10 @@ class Mesh:
         # Alternates are worked out only once the primary has failed (and that failure has
         # been learned): most exchanges never need them, and the search was per-read CPU.
         routes = [primary]
+        if self._suspects and self.tuning.avoid_checked_relays:
+            detour = self._detour(address, host, primary)
+            if detour is not None:
+                routes = [detour, primary]
         alternates_fetched = False
         attempts = 0
         last_route: Route | None = None
@@ -1965,8 +1980,41 @@ class Mesh:
         finally:
             self._reads_waiting_repair -= 1
 
+    def _detour(self, address: str, host: str, primary: Route) -> Route | None:
+        """The cheapest route round the relays of ``primary`` that a check suspects (not
+        seen working since the read that broke), or None."""
+        suspects = self._suspects
+        avoid = {r for r in primary.relays if r in suspects
+                 and not self._alive_lately(r, suspects[r][1])}
+        if not avoid:
+            return None
+        detour = self.topology.cheapest_route_avoiding(host, avoid)
+        if detour is None or detour.path == primary.path:
+            return None
+        log.info("mesh: read of %s goes round %s (relay check under way)", address,
+                 ", ".join(sorted(avoid)))
+        return detour
+
     async def _check_relays(self, failed: Route, good: Route | None,
                             since: float | None = None) -> None:
+        """``_find_dead_relay``, its suspects known meanwhile (``_suspects``): the reads
+        through them go round them (``_detour``)."""
+        used = set(good.relays) if good is not None else set()
+        suspects = [r for r in failed.relays if r not in used]
+        at = self._now() if since is None else since
+        for r in suspects:
+            n, t = self._suspects.get(r, (0, at))
+            self._suspects[r] = (n + 1, max(t, at))
+        try:
+            await self._find_dead_relay(failed, good, since)
+        finally:
+            for r in suspects:
+                n, t = self._suspects.pop(r, (1, at))
+                if n > 1:
+                    self._suspects[r] = (n - 1, t)
+
+    async def _find_dead_relay(self, failed: Route, good: Route | None,
+                               since: float | None = None) -> None:
         """Find a dead relay behind a broken route and take it out of every route at once.
 
         The relays of ``failed`` that ``good`` (the route that worked, if any) did not use are
@@ -2641,17 +2689,14 @@ class Mesh:
             log.warning("mesh: nodes behind %s not taken out of the module for a repair "
                         "search: %s", relay, exc)
         seen = {a: topo.node(a).last_seen for a in waiting}
-        queue = self._group_proxies(relay, waiting, siblings)
         searched: set[str] = set()
         searches = 0
-        silent = 0
-        # A search hears every orphan around its proxy: a few orphans need few searches.
-        limit = min(tn.group_searches,
-                    max(tn.repair_searches, tn.group_searches_per_orphan * len(waiting)))
-        log.info("mesh: repair of %d nodes behind %s: searching from %s", len(waiting), relay,
-                 ", ".join(queue[:limit]))
-        try:
-            while queue and waiting and searches < limit:
+
+        async def search_from(queue: list[str], limit: int) -> None:
+            """Searches from ``queue`` (at most ``limit``) until every orphan was heard."""
+            nonlocal waiting, searches
+            silent = made = 0
+            while queue and waiting and made < limit:
                 w = queue.pop(0)
                 if w in searched or (w != self.root and (
                         w not in topo or topo.primary(w) is None
@@ -2662,6 +2707,7 @@ class Mesh:
                     silent += 1
                     log.info("mesh: repair behind %s: proxy %s silent, passed over", relay, w)
                     continue
+                made += 1
                 searches += 1
                 for a in waiting:
                     self._searched_for.setdefault(a, {})[w] = self._now()
@@ -2698,7 +2744,30 @@ class Mesh:
                         if x in pairs]
                 await self._register(back)
                 heard.sort(key=lambda a: -self._best_quality(a))
-                queue = [a for a in heard if a not in searched] + queue
+                queue[:0] = [a for a in heard if a not in searched]
+
+        # A search hears every orphan around its proxy: a few orphans need few searches.
+        limit = min(tn.group_searches,
+                    max(tn.repair_searches, tn.group_searches_per_orphan * len(waiting)))
+        queue = self._group_proxies(relay, waiting, siblings)
+        log.info("mesh: repair of %d nodes behind %s: searching from %s", len(waiting), relay,
+                 ", ".join(queue[:limit]))
+        try:
+            await search_from(queue, limit)
+            if waiting and tn.group_own_proxies:
+                # Then from each silent orphan's own neighbours in turn, still for them all:
+                # orphans of one relay are often heard by one node away from it (2,040-meter
+                # hplc street: two orphans, each then repaired alone, both found by the second
+                # node of its own list; the second's repair waited 19 s for the reads to
+                # pause, and their two reads held two of the five read slots for a minute).
+                own = [[w for w in self._search_proxies(a) if w not in searched]
+                       for a in waiting]
+                queue = list(dict.fromkeys(w for tier in itertools.zip_longest(*own)
+                                           for w in tier if w is not None))
+                limit = min(tn.group_searches, tn.repair_searches * len(waiting))
+                log.info("mesh: %d nodes behind %s not heard, searching from their own "
+                         "neighbours: %s", len(waiting), relay, ", ".join(queue[:limit]))
+                await search_from(queue, limit)
         finally:
             rest = [pairs[x] for a in waiting if a in topo
                     for x in (a, *topo.node(a).sub_meters) if x in pairs]

@@ -757,6 +757,13 @@ class Topology:
         path = self.planner.search(address, banned=avoid, max_hops=self.route_cfg.max_hops)
         return self.planner.make_route(path, "alternate") if path else None
 
+    def cheapest_route_avoiding(self, address: str, avoid: Iterable[str]) -> Route | None:
+        """The cheapest route that uses none of the relays in ``avoid``: the primary the node
+        would have with them gone (``route_for`` takes the first alternate that avoids them,
+        and alternates are chosen to differ from the primary, not to be cheap)."""
+        path = self.planner.search(address, banned=set(avoid), max_hops=self.route_cfg.max_hops)
+        return self.planner.make_route(path, "alternate") if path else None
+
     def path_route(self, path: Sequence[str]) -> Route | None:
         """Route object (media, p, cost) for an explicit path, e.g. a probe; None if a hop is
         unknown or unusable."""

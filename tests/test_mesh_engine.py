@@ -2134,3 +2134,116 @@ def test_the_upkeep_surveys_again_after_a_week_and_a_restart_does_not():
         assert mesh._survey_task is None
         await driver.close()
     run(main())
+
+
+class StoppableModule(GraphModule):
+    """A GraphModule whose search ends at the stop command (AFN11 F6), as a module's does."""
+
+    def handle(self, f) -> None:
+        if (f.afn, f.fn) == (0x11, 5):
+            path = (*f.relays, f.destination) if f.info.module and f.destination else ()
+            self.search_task = asyncio.get_running_loop().create_task(self._search(path))
+            self.send(g.confirm(f.seq, COMM))
+        elif (f.afn, f.fn) == (0x11, 6):
+            task = getattr(self, "search_task", None)
+            if task is not None:
+                task.cancel()
+            self.send(g.confirm(f.seq, COMM))
+        else:
+            super().handle(f)
+
+
+def _orphans_heard_away_from_their_relay(**tuning) -> tuple[list, list, list, float]:
+    """Relay ``r`` dies, leaving meters m1 and m2 with no route. Four live nodes hear ``r``
+    well (the group repair's first proxies) but not the meters; ``w``, a node m1 was once
+    heard with faintly, hears both. The searches after the death, the reads' relays, and
+    the reads' outcomes."""
+    from dataclasses import replace
+
+    async def main():
+        r, w = addr(1), addr(9)
+        m1, m2 = addr(20), addr(21)
+        near = [addr(i) for i in (2, 3, 4, 5)]
+        edges = [(CCO, r), (CCO, w), (r, m1), (r, m2), *((CCO, n) for n in near),
+                 *((r, n) for n in near)]
+        module, driver, mesh = await make(edges, config=MeshConfig(probing=False),
+                                          module_cls=StoppableModule)
+        mesh.tuning = replace(mesh.tuning, congestion_rounds=10_000, repair_probes=0,
+                              **tuning)
+        await mesh.discover()
+        topo = mesh.topology
+        assert all(topo.primary(m).relays == (r,) and len(topo.routes(m)) == 1
+                   for m in (m1, m2))
+        t = mesh._now()
+        for n in near:
+            topo.observe(r, n, True, 14, t=t)
+            topo.observe(n, r, True, 14, t=t)
+        topo.observe(w, m1, False, 1, t=t)  # heard once, faintly: no route through it
+        module.connect(w, m1)
+        module.connect(w, m2)
+        module.dead.add(r)
+        before = len(module.searches)
+        t0 = asyncio.get_running_loop().time()
+        outs = await asyncio.gather(*(mesh.exchange(m, REQ) for m in (m1, m2)))
+        took = asyncio.get_running_loop().time() - t0
+        await mesh.wait_repairs()
+        return module.searches[before:], [o.relays for o in outs], [o.ok for o in outs], took
+    return run(main())
+
+
+def test_orphans_a_group_search_missed_are_searched_for_together_from_their_own_neighbours():
+    """Issue 4, repair: the group repair's searches round the dead relay hear neither orphan;
+    the next searches go from the orphans' own neighbours and still look for both, so the
+    search from ``w`` brings both back (each repaired alone: a search per orphan, the second
+    after the first was done, each read holding a read slot meanwhile)."""
+    w = addr(9)
+    searches, relays, ok, took = _orphans_heard_away_from_their_relay()
+    assert ok == [True, True] and relays == [(w,), (w,)]
+    assert len(searches) == 6 and searches[-1] == (w,)
+    searches_alone, _relays, ok, took_alone = _orphans_heard_away_from_their_relay(
+        group_own_proxies=False)
+    assert ok == [True, True] and len(searches_alone) == 9  # w's twice, and others
+    assert took < took_alone
+
+
+def _second_read_behind_a_relay_under_check(**tuning) -> tuple:
+    """Meters ``a`` and ``b`` hang off relay ``r2`` (CCO > r1 > r2), with a weaker known way
+    through ``s``. ``r2`` dies; ``a`` is read (its primary fails, the check of the relay
+    starts, ``s`` carries the read) and ``b`` right after, while the check still runs.
+    Returns b's outcome and whether r2 ended presumed dead."""
+    async def main():
+        r1, r2, s, a, b = addr(1), addr(2), addr(3), addr(4), addr(5)
+        module, driver, mesh = await make(
+            [(CCO, r1), (r1, r2), (r2, a), (r2, b), (CCO, s)],
+            config=MeshConfig(probing=False),
+            tuning=EngineTuning(cover_quality=16, repair_probes=0, congestion_rounds=10_000,
+                                **tuning))
+        await mesh.discover()
+        topo = mesh.topology
+        t = mesh._now()
+        for m in (a, b):
+            module.connect(s, m)
+            topo.observe(s, m, True, 7, t=t)
+            topo.observe(m, s, True, 7, t=t)
+        assert all(topo.primary(m).relays == (r1, r2) for m in (a, b))
+        assert all(topo.route_for(m, avoid={r2}).relays == (s,) for m in (a, b))
+        module.dead.add(r2)
+        first = await mesh.exchange(a, REQ)
+        assert first.ok and first.attempts == 2
+        second = await mesh.exchange(b, REQ)
+        await mesh.wait_repairs()
+        dead = r2 in topo.presumed_dead
+        await driver.close()
+        return second, dead
+    return run(main())
+
+
+def test_a_read_goes_round_a_relay_under_check():
+    """Issue 4, repair: while a failed read's relays are being checked (a timeout per silent
+    probe), the next read through them takes its best route round them, and is answered on
+    its first try instead of losing a timeout on the dead relay."""
+    second, dead = _second_read_behind_a_relay_under_check()
+    assert second.ok and second.attempts == 1 and second.relays == (addr(3),)
+    assert dead
+    second, dead = _second_read_behind_a_relay_under_check(avoid_checked_relays=False)
+    assert second.ok and second.attempts == 2 and dead
