@@ -38,6 +38,7 @@ import sqlite_utils  # noqa: E402
 from concentrator import dlt645  # noqa: E402
 from mesh.engine import EngineTuning, Mesh, NodeFound  # noqa: E402
 from mesh.links import LinkEstimate, quality_prior  # noqa: E402
+from mesh.slots import holding_read_slot  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 from plc_driver.driver import ModuleDriver  # noqa: E402
 from simulator.district import SimDistrict  # noqa: E402
@@ -185,7 +186,7 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
     t_base = loop.time()
 
     async def read_before(a: str) -> None:
-        async with slots:
+        async with holding_read_slot(slots.acquire, slots.release):
             await mesh.exchange(a, energy_request(sc, a))
     await asyncio.gather(*(read_before(a) for a in affected))
     baseline_s = loop.time() - t_base
@@ -201,13 +202,14 @@ async def _district(meters: int, layout: str, channel: str, db_path: Path,
     pending = set(affected)
     lost_first = 0
     # The affected meters are read as the reader reads them: up to the module's concurrent
-    # reads at once (5 on HPLC, 1 on narrowband), not one after another.
+    # reads at once (5 on HPLC, 1 on narrowband), not one after another, a read's slot
+    # serving others while it waits for a repair (mesh.slots).
 
     trace = _RepairTrace(REPAIR_LOG, t_rep) if REPAIR_LOG is not None else None
 
     async def read_again(a: str, first: bool) -> None:
         nonlocal lost_first
-        async with slots:
+        async with holding_read_slot(slots.acquire, slots.release):
             t_read = loop.time()
             out = await mesh.exchange(a, energy_request(sc, a))
         if trace is not None:

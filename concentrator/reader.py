@@ -58,6 +58,7 @@ returns the mesh's ``ExchangeOutcome`` (or this module's ``Exchanged``): the dae
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import logging
@@ -83,6 +84,7 @@ from concentrator.store import (
     StoreError,
 )
 from concentrator.tasks import Task, TaskKind
+from mesh.slots import holding_read_slot
 
 __all__ = [
     "Exchanger",
@@ -408,6 +410,9 @@ ADAPT_RAISE_AFTER = 20  # ... and one more after this many first-route answers i
 # Stagger of exchange starts per relay level (+1 for the meter's hop) when reads run
 # concurrently: on 1,000 HPLC meters 0 s gave 97.9 % first attempt in 223 s, 0.1 s 99.1 % in
 # 232 s, 0.15 s 99.4 % in 296 s, 0.2 s 99.0 % in 401 s (bench/read.py, issue 5).
+#: the pass whose worker makes the current read: (on_lend, on_return) for its read slot
+_PASS_LENDING: contextvars.ContextVar[tuple[Callable[[], None], Callable[[], None]] | None] = \
+    contextvars.ContextVar("reader_pass_lending", default=None)
 PACE_S_PER_LEVEL = 0.1
 QUICK_MAKEUP_PAUSE_S = 5.0  # pause before the first make-up pass (the others: retry_pause_s)
 FREEZE_MARGIN_S = 30.0  # a behind meter is read this long after its clock passes midnight
@@ -710,6 +715,25 @@ class Reader:
         queue = deque(meters)
         count = [0]
 
+        async def one(meter: str) -> None:
+            try:
+                job = await self._job(ctx, meter)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug or a dead link: log, count, keep reading
+                log.exception("task %s: meter %s read failed", ctx.task.name, meter)
+                job = _Job(meter, f"error:{type(exc).__name__}")
+            count[0] += job.exchanges
+            job.writes.append(("read", ReadRecord(
+                meter, ctx.task.name, job.route, job.attempts,
+                round(job.latency_s, 3) if job.exchanges else None,
+                job.status if not job.detail else f"{job.status}:{job.detail}"[:120],
+                self.clock.now())))
+            self._result(results, job, pass_no)
+            self._pending_writes.append((meter, job.writes))
+            if len(self._pending_writes) >= self.batch_size:
+                self._flush(results)
+
         async def worker() -> None:
             while queue:
                 if self.clock.now() >= ctx.closes:
@@ -717,27 +741,37 @@ class Reader:
                         m = queue.popleft()
                         self._result(results, _Job(m, WINDOW_CLOSED), pass_no)
                     return
-                meter = queue.popleft()
-                try:
-                    job = await self._job(ctx, meter)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a bug or a dead link: log, count, keep reading
-                    log.exception("task %s: meter %s read failed", ctx.task.name, meter)
-                    job = _Job(meter, f"error:{type(exc).__name__}")
-                count[0] += job.exchanges
-                job.writes.append(("read", ReadRecord(
-                    meter, ctx.task.name, job.route, job.attempts,
-                    round(job.latency_s, 3) if job.exchanges else None,
-                    job.status if not job.detail else f"{job.status}:{job.detail}"[:120],
-                    self.clock.now())))
-                self._result(results, job, pass_no)
-                self._pending_writes.append((meter, job.writes))
-                if len(self._pending_writes) >= self.batch_size:
-                    self._flush(results)
+                await one(queue.popleft())
 
-        n = min(self.max_concurrent, len(queue)) or 1
-        await asyncio.gather(*(worker() for _ in range(n)))
+        # A read that waits for a repair lends its slot (mesh.slots): one more worker reads
+        # the next meters meanwhile, so the round does not stand still behind it.
+        lent = [0]
+        helpers: set[asyncio.Task[None]] = set()
+
+        async def helper() -> None:
+            while queue and lent[0] > 0 and self.clock.now() < ctx.closes:
+                await one(queue.popleft())
+
+        def on_lend() -> None:
+            lent[0] += 1
+            if queue:
+                task = asyncio.get_running_loop().create_task(helper())
+                helpers.add(task)
+                task.add_done_callback(helpers.discard)
+
+        def on_return() -> None:
+            lent[0] -= 1
+
+        token = _PASS_LENDING.set((on_lend, on_return))
+        try:
+            n = min(self.max_concurrent, len(queue)) or 1
+            await asyncio.gather(*(worker() for _ in range(n)))
+            while helpers:
+                await asyncio.gather(*helpers)
+        finally:
+            _PASS_LENDING.reset(token)
+            for task in helpers:
+                task.cancel()
         self._flush(results)
         return count[0]
 
@@ -834,13 +868,14 @@ class Reader:
             await asyncio.sleep(wait)
 
     async def _exchange(self, address: str, request: bytes, priority: bool) -> Exchanged:
-        await self._slots.acquire(priority)
-        try:
+        # The mesh gives the slot back while the read only waits for a repair (mesh.slots);
+        # within a pass another worker takes it meanwhile (``_pass``).
+        lending = _PASS_LENDING.get()
+        async with holding_read_slot(lambda: self._slots.acquire(priority), self._slots.release,
+                                     *(lending or ())):
             if not priority:
                 await self._pace(address)
             raw = await self.exchanger.exchange(address, request, priority=priority)
-        finally:
-            self._slots.release()
         ex = _normalize(raw)
         self._adapt(ex)
         return ex

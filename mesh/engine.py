@@ -117,6 +117,7 @@ from mesh.events import (
 from mesh.guard import MeshGuard
 from mesh.repair import Repair
 from mesh.routes import Route
+from mesh.slots import released_while_waiting
 from mesh.topology import NodeKind, NodeStatus, Topology
 from mesh.tuning import EngineTuning
 from plc_driver.driver import (
@@ -982,15 +983,19 @@ class Mesh(Discovery, Repair):
         loop = asyncio.get_running_loop()
         end = loop.time() + self.tuning.repair_wait_s
         try:
-            if host is None or not self.tuning.early_repair_reads:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
-                return
-            topo = self.topology
-            while not task.done() and loop.time() < end:
-                if host in self._registered and host in topo and topo.primary(host) is not None:
+            # The wait uses no module slot: the caller's read slot serves other meters
+            # meanwhile (``mesh.slots``).
+            async with released_while_waiting():
+                if host is None or not self.tuning.early_repair_reads:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(task), self.tuning.repair_wait_s)
                     return
-                await asyncio.wait({task}, timeout=min(0.5, max(0.0, end - loop.time())))
+                topo = self.topology
+                while not task.done() and loop.time() < end:
+                    if host in self._registered and host in topo \
+                            and topo.primary(host) is not None:
+                        return
+                    await asyncio.wait({task}, timeout=min(0.5, max(0.0, end - loop.time())))
         finally:
             self._reads_waiting_repair -= 1
 

@@ -2247,3 +2247,43 @@ def test_a_read_goes_round_a_relay_under_check():
     assert dead
     second, dead = _second_read_behind_a_relay_under_check(avoid_checked_relays=False)
     assert second.ok and second.attempts == 2 and dead
+
+
+def test_a_read_waiting_for_a_repair_lends_its_read_slot():
+    """Issue 4/5: with one read slot, meter ``a`` behind dead relay ``r`` waits for the
+    group repair (a search from ``s``); meter ``c``, queued behind it, is read meanwhile
+    instead of waiting for that repair too. A caller that holds its slot the plain way
+    (no ``holding_read_slot``) keeps ``c`` waiting."""
+    from mesh.slots import holding_read_slot
+
+    async def reads(lend: bool) -> list[str]:
+        r, s, a, c = addr(1), addr(2), addr(3), addr(4)
+        module, driver, mesh = await make([(CCO, r), (CCO, s), (r, s), (r, a), (CCO, c)],
+                                          config=MeshConfig(probing=False),
+                                          tuning=EngineTuning(cover_quality=16,
+                                                              repair_probes=0,
+                                                              congestion_rounds=10_000))
+        await mesh.discover()
+        for x, y in ((r, s), (s, r)):
+            mesh.topology.observe(x, y, True, 12, t=mesh._now())
+        module.connect(s, a)
+        module.dead.add(r)
+        pool = asyncio.Semaphore(1)
+        done: list[str] = []
+
+        async def read(m: str) -> None:
+            if lend:
+                async with holding_read_slot(pool.acquire, pool.release):
+                    out = await mesh.exchange(m, REQ)
+            else:
+                async with pool:
+                    out = await mesh.exchange(m, REQ)
+            assert out.ok
+            done.append(m)
+        await asyncio.gather(read(a), read(c))
+        await mesh.wait_repairs()
+        await driver.close()
+        return done
+
+    assert run(reads(lend=True)) == [addr(4), addr(3)]
+    assert run(reads(lend=False)) == [addr(3), addr(4)]

@@ -20,6 +20,7 @@ from concentrator.dlt645 import ErrorBits
 from concentrator.reader import Exchanged, Reader, ReaderError, order_for_channel
 from concentrator.store import FLAG_BACKFILLED, DailyReading, MeterRecord, Store
 from concentrator.tasks import Task, TaskConfigError, TaskKind, load_tasks
+from mesh.slots import released_while_waiting
 from simulator.vtime import VirtualTimeLoop
 
 DAY1 = date(2024, 3, 1)
@@ -405,6 +406,42 @@ def test_an_on_demand_read_jumps_the_queue(tmp_path):
     assert got.ok and got.value[0] == FakeMesh.freeze_fwd(meters[-1], DAY1)[0]
     assert waited <= 4.0 + 1e-6  # the read in flight, then ours
     assert store.latest_realtime(meters[-1]).fwd_total == got.value[0]
+
+
+class RepairingMesh(FakeMesh):
+    """Meter ``waits`` is behind a relay under repair: its exchange waits 60 s for the repair
+    as ``Mesh`` does, its read slot given back meanwhile (``mesh.slots``)."""
+
+    def __init__(self, clock, meters, waits):
+        super().__init__(clock, meters)
+        self.waits = waits
+        self.answered: list[str] = []
+
+    async def exchange(self, address, dlt645_bytes, *, priority=False):
+        if address == self.waits and address not in self.answered:
+            async with released_while_waiting():
+                await asyncio.sleep(60.0)
+        out = await super().exchange(address, dlt645_bytes, priority=priority)
+        self.answered.append(address)
+        return out
+
+
+def test_a_meter_waiting_for_a_repair_does_not_hold_up_the_round(tmp_path):
+    """With one read slot, the round goes on with the other meters while the first one's
+    exchange waits for a repair, instead of standing still for it."""
+    meters = [addr(i) for i in range(1, 6)]
+
+    async def main():
+        clock = LoopClock(datetime(2024, 3, 1, 0, 5))
+        store = make_store(tmp_path, clock, meters)
+        mesh = RepairingMesh(clock, meters, waits=meters[0])
+        reader = Reader(mesh, store, clock, [DAILY], max_concurrent=1)
+        await reader.run_round(DAILY)
+        return mesh.answered, store
+
+    answered, store = run(main())
+    assert answered[-1] == meters[0] and sorted(answered) == meters
+    assert {r.meter for r in store.daily_for_date(DAY1)} == set(meters)
 
 
 def test_read_now_refuses_unknown_items_and_meters(tmp_path):
