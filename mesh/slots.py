@@ -5,8 +5,9 @@ whose node is being repaired waits for the repair in ``Mesh.exchange`` (up to
 ``EngineTuning.repair_wait_s``) without using the module; holding its slot meanwhile kept the
 other meters waiting (a dead relay's two orphans held two of the five slots for a minute
 while the relay's other meters queued behind them). The caller takes its slot with
-``holding_read_slot``; ``Mesh`` gives it back while the read waits (``released_while``) and
-takes it again before the read goes on. A caller that does not use it changes nothing.
+``holding_read_slot``; ``Mesh`` gives it back while the read waits
+(``released_while_waiting``) and takes it again before the read goes on. A caller that does
+not use it changes nothing.
 """
 
 from __future__ import annotations
