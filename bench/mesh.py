@@ -36,10 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlite_utils  # noqa: E402
 
 from concentrator import dlt645  # noqa: E402
-from mesh.engine import EngineTuning, Mesh, NodeFound  # noqa: E402
+from mesh.engine import Mesh  # noqa: E402
+from mesh.events import NodeFound  # noqa: E402
 from mesh.links import LinkEstimate, quality_prior  # noqa: E402
 from mesh.slots import holding_read_slot  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
+from mesh.tuning import EngineTuning  # noqa: E402
 from plc_driver.driver import ModuleDriver  # noqa: E402
 from simulator.district import SimDistrict  # noqa: E402
 from simulator.generate import generate  # noqa: E402

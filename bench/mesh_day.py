@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlite_utils  # noqa: E402
 
 from bench.mesh import energy_request  # noqa: E402
-from mesh.engine import EngineTuning, Mesh  # noqa: E402
+from mesh.engine import Mesh  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
+from mesh.tuning import EngineTuning  # noqa: E402
 from plc_driver.driver import ModuleDriver  # noqa: E402
 from simulator.district import SimDistrict  # noqa: E402
 from simulator.generate import generate  # noqa: E402

@@ -49,7 +49,8 @@ from concentrator.reader import Exchanged, Reader, ReaderError
 from concentrator.store import MeterRecord, RealtimeReading, Store, StoreError
 from concentrator.summary_meter import SummaryMeter
 from concentrator.tasks import default_tasks
-from mesh.engine import Mesh, MeterReplacementFound, NodeFound, UnknownMeter
+from mesh.engine import Mesh
+from mesh.events import MeterReplacementFound, NodeFound, UnknownMeter
 from mesh.guard import RogueSuspected
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver

@@ -1,11 +1,10 @@
 """The district mesh: topology, link estimates, routes, persistence and the engine (``Mesh``)."""
 
-from mesh.engine import (
+from mesh.engine import Mesh
+from mesh.events import (
     DiscoveryDone,
     DiscoveryProgress,
-    EngineTuning,
     ExchangeOutcome,
-    Mesh,
     MeterReplacementFound,
     NodeAged,
     NodeFound,
@@ -13,6 +12,7 @@ from mesh.engine import (
     UnknownMeter,
 )
 from mesh.topology import Topology
+from mesh.tuning import EngineTuning
 
 __all__ = [
     "Mesh",

@@ -105,14 +105,8 @@ from mesh import persist
 from mesh.background import background as _background
 from mesh.discovery import ArchiveItem, Discovery, _proto_name
 from mesh.events import (
-    DiscoveryDone,
-    DiscoveryProgress,
     ExchangeOutcome,
-    MeterReplacementFound,
     NodeAged,
-    NodeFound,
-    RepairDone,
-    UnknownMeter,
 )
 from mesh.guard import MeshGuard
 from mesh.repair import Repair
@@ -129,18 +123,7 @@ from plc_driver.driver import (
 )
 from plc_driver.link import LinkClosed
 
-__all__ = [
-    "Mesh",
-    "EngineTuning",
-    "ExchangeOutcome",
-    "NodeFound",
-    "UnknownMeter",
-    "DiscoveryProgress",
-    "DiscoveryDone",
-    "NodeAged",
-    "MeterReplacementFound",
-    "RepairDone",
-]
+__all__ = ["Mesh"]  # its events: mesh.events; its knobs: mesh.tuning (or the package, mesh)
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,10 @@ import sqlite_utils
 from concentrator import dlt645
 from concentrator.clock import LoopClock
 from concentrator.config import MeshConfig
-from mesh.engine import (
-    DiscoveryProgress,
-    EngineTuning,
-    Mesh,
-    MeterReplacementFound,
-    NodeAged,
-    UnknownMeter,
-)
+from mesh.engine import Mesh
+from mesh.events import DiscoveryProgress, MeterReplacementFound, NodeAged, UnknownMeter
 from mesh.topology import NodeStatus, Topology
+from mesh.tuning import EngineTuning
 from plc_driver import gdw13762 as g
 from plc_driver.driver import ModuleDriver
 from plc_driver.link import LinkClosed, MemoryLink
@@ -802,7 +797,7 @@ def test_dead_relays_meters_are_all_read_again_after_one_search():
     and the read that found ``r`` dead is not lost."""
     from dataclasses import replace
 
-    from mesh.engine import RepairDone
+    from mesh.events import RepairDone
 
     async def main():
         r, s = addr(1), addr(2)
@@ -1906,7 +1901,7 @@ def test_a_node_whose_repairs_find_nothing_is_repaired_less_and_less_often(caplo
     hour (a night of make-up passes), it does not get a repair (probes, searches holding
     the medium) after every read: each repair that found nothing doubles the hold-off
     (60, 120, 240 ... s), and the log says so."""
-    from mesh.engine import RepairDone
+    from mesh.events import RepairDone
 
     async def main():
         r, s, m = addr(1), addr(2), addr(3)

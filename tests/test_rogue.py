@@ -12,7 +12,8 @@ from decimal import Decimal
 import pytest
 
 from concentrator import dlt645
-from mesh.engine import Mesh, MeterReplacementFound
+from mesh.engine import Mesh
+from mesh.events import MeterReplacementFound
 from mesh.guard import ERC_ROGUE, MeshGuard, RogueSuspected
 from mesh.topology import Topology
 from plc_driver.driver import ModuleDriver
