@@ -87,4 +87,6 @@ async def released_while_waiting() -> AsyncIterator[None]:
     finally:
         if slot.on_return is not None:
             slot.on_return()
-        await slot.take()
+    # Taken again only when the read goes on: a read cancelled while it waited (the daemon
+    # stopping) must not wait for a slot first.
+    await slot.take()

@@ -6,6 +6,7 @@ runs against the full simulator (``SimDistrict``) to check discovery against the
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from datetime import datetime
@@ -2282,3 +2283,33 @@ def test_a_read_waiting_for_a_repair_lends_its_read_slot():
 
     assert run(reads(lend=True)) == [addr(4), addr(3)]
     assert run(reads(lend=False)) == [addr(3), addr(4)]
+
+
+def test_a_read_cancelled_while_its_slot_is_lent_ends_at_once_and_keeps_the_pool_whole():
+    """The daemon stopping cancels a read that waits for a repair with its slot lent: it ends
+    at once (it does not wait for a slot first) and leaves the pool's count as it was."""
+    from mesh.slots import holding_read_slot, released_while_waiting
+
+    async def main():
+        pool = asyncio.Semaphore(1)
+        lent = asyncio.Event()
+
+        async def waiting_read():
+            async with holding_read_slot(pool.acquire, pool.release):
+                async with released_while_waiting():
+                    lent.set()
+                    await asyncio.sleep(3600)
+
+        read = asyncio.create_task(waiting_read())
+        await lent.wait()
+        await pool.acquire()  # another read takes the lent slot and keeps it
+        read.cancel()
+        await asyncio.wait({read}, timeout=1.0)
+        ended = read.done()
+        pool.release()
+        with contextlib.suppress(asyncio.CancelledError):
+            await read
+        return ended, pool._value
+
+    ended, free = run(main())
+    assert ended and free == 1
