@@ -754,8 +754,7 @@ class Topology:
         for r in self.routes(address):
             if not avoid.intersection(r.relays):
                 return r
-        path = self.planner.search(address, banned=avoid, max_hops=self.route_cfg.max_hops)
-        return self.planner.make_route(path, "alternate") if path else None
+        return self.cheapest_route_avoiding(address, avoid)
 
     def cheapest_route_avoiding(self, address: str, avoid: Iterable[str]) -> Route | None:
         """The cheapest route that uses none of the relays in ``avoid``: the primary the node
